@@ -1,0 +1,1 @@
+"""Degradation-aware depth: model, distillation, focus selection, depth metrics."""

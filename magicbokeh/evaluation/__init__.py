@@ -1,0 +1,1 @@
+"""Evaluation: metric registry, predict→score runner, baselines, reports and plots, speed benchmark."""

@@ -1,0 +1,1 @@
+"""Inference: the any-size pipeline, tiling, colour fix."""

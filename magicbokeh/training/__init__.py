@@ -1,0 +1,1 @@
+"""Training: train(cfg), the Trainer loop, phases, losses, optimizers, checkpoint/resume."""

@@ -1,0 +1,39 @@
+"""Benchmarks, one subcommand per room: `python scripts/benchmark.py <name> [--help] [options]`.
+
+Each prints ratios against a baseline measured in the same run (never a timed assertion in tests).
+
+  renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.optics.benchmark)
+  degradation  Real-ESRGAN degradation throughput, samples/s/core             (magicbokeh.data.benchmark)
+  model        FAMA vs dense attention; full-size forward time                  (magicbokeh.models.benchmark)
+  inference    peak memory and time vs image size for the tiled pipeline       (magicbokeh.inference.benchmark)
+  speed        unified model vs two-stage baselines: latency, memory, FLOPs    (magicbokeh.evaluation.speed)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
+
+BENCHMARKS = {
+    "renderer": "magicbokeh.optics.benchmark",
+    "degradation": "magicbokeh.data.benchmark",
+    "model": "magicbokeh.models.benchmark",
+    "inference": "magicbokeh.inference.benchmark",
+    "speed": "magicbokeh.evaluation.speed",
+}
+
+
+@exit_on_user_error
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    set_offline_defaults()
+    module = importlib.import_module(BENCHMARKS[argv[0]])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
