@@ -1,0 +1,104 @@
+"""Colour correction of the network output against the (upsampled) input, as in StableSR/OSEDiff/MagicBokeh.
+
+One-step diffusion drifts in colour (over-saturated lips and eyes, global tints: OSEDiff #16/#49). Three choices,
+none perfect (SeeSR #54), so the method is a config switch:
+
+* ``adain`` (official default): per channel, match the output's mean and standard deviation to the input's,
+  ``out' = (out − μ_out) / σ_out · σ_in + μ_in`` with σ = sqrt(var + 1e-5) over the whole image.
+* ``wavelet``: keep the output's high frequencies and take the input's low frequencies,
+  ``out' = high(out) + low(in)``, where ``low`` is five passes of a 3×3 binomial blur dilated by 1, 2, 4, 8, 16
+  (à trous) and ``high = x − low``. Local, so it also fixes tints that vary across the image, but it can bleed input
+  colours across edges (S3Diff #2).
+* ``none``.
+
+Both work on ``1×3×H×W`` CPU tensors of any size in horizontal bands, so memory stays a few bands beyond the image
+itself: AdaIN accumulates its statistics band by band (float64), the wavelet fix gets a halo of 31 rows (the sum of
+the dilations) around each band, which makes the banded result identical to the whole-image one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from magicbokeh.errors import InvalidInputError, ParameterError
+
+COLOR_FIX_METHODS = ("adain", "wavelet", "none")
+_ADAIN_EPS = 1e-5
+_WAVELET_LEVELS = 5
+_WAVELET_HALO = sum(2**level for level in range(_WAVELET_LEVELS))  # 31 rows of context per side
+_BAND_ROWS = 512
+
+
+def _channel_stats(images: torch.Tensor, band_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and sqrt(var + eps) of ``1×C×H×W``, accumulated in float64 band by band."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for top in range(0, images.shape[-2], band_rows):
+        band = images[0, :, top : top + band_rows].to(torch.float64).flatten(1)
+        total += band.sum(1)
+        total_sq += band.square().sum(1)
+    count = images.shape[-2] * images.shape[-1]
+    mean = total / count
+    # Unbiased variance, as torch.var (what the reference AdaIN uses).
+    var = ((total_sq - count * mean.square()) / max(count - 1, 1)).clamp_min(0)
+    return mean, (var + _ADAIN_EPS).sqrt()
+
+
+def adain_color_fix(output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS) -> torch.Tensor:
+    """AdaIN colour fix (module docstring); returns a new clamped tensor."""
+    out_mean, out_std = _channel_stats(output, band_rows)
+    ref_mean, ref_std = _channel_stats(reference, band_rows)
+    gain = (ref_std / out_std).to(torch.float32).view(1, -1, 1, 1)
+    bias = (ref_mean - out_mean * ref_std / out_std).to(torch.float32).view(1, -1, 1, 1)
+    fixed = torch.empty_like(output, dtype=torch.float32)
+    for top in range(0, output.shape[-2], band_rows):
+        band = output[..., top : top + band_rows, :].float()
+        fixed[..., top : top + band_rows, :] = (band * gain + bias).clamp_(0.0, 1.0)
+    return fixed
+
+
+def _low_frequency(images: torch.Tensor) -> torch.Tensor:
+    """Five à-trous passes of the 3×3 binomial kernel [1 2 1]ᵀ[1 2 1]/16, dilation 2^level, replicate padding."""
+    kernel_1d = torch.tensor([1.0, 2.0, 1.0], dtype=images.dtype) / 4.0
+    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(images.shape[1], 1, 3, 3)
+    low = images
+    for level in range(_WAVELET_LEVELS):
+        dilation = 2**level
+        padded = F.pad(low, (dilation,) * 4, mode="replicate")
+        low = F.conv2d(padded, kernel, dilation=dilation, groups=images.shape[1])
+    return low
+
+
+def wavelet_color_fix(output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS) -> torch.Tensor:
+    """Wavelet colour fix ``high(out) + low(in)`` (module docstring); returns a new clamped tensor."""
+    height = output.shape[-2]
+    fixed = torch.empty_like(output, dtype=torch.float32)
+    for top in range(0, height, band_rows):
+        bottom = min(top + band_rows, height)
+        # A halo of real rows around the band: errors from the band's artificial replicate border travel at most
+        # _WAVELET_HALO rows inwards, so the kept rows equal the whole-image computation.
+        lo, hi = max(top - _WAVELET_HALO, 0), min(bottom + _WAVELET_HALO, height)
+        out_band = output[..., lo:hi, :].float()
+        ref_band = reference[..., lo:hi, :].float()
+        result = out_band - _low_frequency(out_band) + _low_frequency(ref_band)
+        fixed[..., top:bottom, :] = result[..., top - lo : bottom - lo, :].clamp_(0.0, 1.0)
+    return fixed
+
+
+def color_fix(output: torch.Tensor, reference: torch.Tensor, method: str = "adain") -> torch.Tensor:
+    """Apply the named colour fix to ``1×3×H×W`` (or ``B×…``, image by image) ``output`` against ``reference``."""
+    if method not in COLOR_FIX_METHODS:
+        raise ParameterError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {method!r}")
+    if output.shape != reference.shape or output.ndim != 4:
+        raise InvalidInputError(
+            f"colour fix needs B×C×H×W output and reference of equal shape; got {tuple(output.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+    if method == "none":
+        return output
+    fix = adain_color_fix if method == "adain" else wavelet_color_fix
+    if output.shape[0] == 1:
+        return fix(output, reference)
+    return torch.cat([fix(output[i : i + 1], reference[i : i + 1]) for i in range(output.shape[0])])

@@ -1,0 +1,150 @@
+"""MagicBokehPipeline with a pointwise stand-in network: sizes, focus modes, maps, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magicbokeh.errors import ConfigError, InvalidInputError, ParameterError
+from magicbokeh.inference.pipeline import MagicBokehPipeline, resolve_dtype, upsample
+
+
+class PointwiseModel(torch.nn.Module):
+    """Darkens pixels by their defocus: the output reveals which defocus map each pixel received."""
+
+    stride = 8
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, images, defocus):
+        return images * self.gain * (1 - 0.5 * defocus)
+
+
+class RampDepth:
+    """Disparity increasing left → right (1 = nearest at the right edge); counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict_disparity(self, images):
+        self.calls += 1
+        width = images.shape[-1]
+        return torch.linspace(0, 1, width).view(1, 1, 1, width).expand(images.shape[0], 1, images.shape[-2], width)
+
+
+def _image(height=40, width=56, seed=0):
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def _pipeline(**kwargs):
+    kwargs.setdefault("tile_size", 64)
+    kwargs.setdefault("tile_stride", 32)
+    kwargs.setdefault("color_fix", "none")
+    kwargs.setdefault("progress", False)
+    return MagicBokehPipeline(PointwiseModel(), RampDepth(), **kwargs)
+
+
+def test_output_is_the_bicubic_upsample_processed_pointwise():
+    image = _image(37, 53)
+    pipe = _pipeline()
+    out = pipe.run(image, focus=0.5, K=32, scale=2.0)
+    assert out.image.shape == (1, 3, 74, 106)
+    upsampled = F.interpolate(image[None], size=(74, 106), mode="bicubic", align_corners=False).clamp(0, 1)
+    expected = upsampled * (1 - 0.5 * out.defocus)
+    torch.testing.assert_close(out.image, expected, atol=2e-6, rtol=0)
+    # defocus = |d − d_f| · K/32 at the output size: zero where d = d_f, largest at the ends of the ramp.
+    assert out.focus_disparity == 0.5
+    assert out.defocus.shape == (1, 1, 74, 106) and 0.45 < out.defocus.max() <= 0.5
+
+
+def test_batch_and_rank_are_preserved():
+    pipe = _pipeline()
+    assert pipe(_image(), focus=0.3, K=8, scale=1).shape == (3, 40, 56)
+    batch = torch.stack([_image(seed=1), _image(seed=2)])
+    assert pipe(batch, focus=0.3, K=8, scale=1.5).shape == (2, 3, 60, 84)
+
+
+def test_focus_modes():
+    image = _image(40, 80)
+    pipe = _pipeline()
+    prepared = pipe.prepare(image, scale=1)
+    d = prepared.disparity[0, 0, 0]
+    # A point focuses the disparity under it (the ramp is smooth, so the window median is the pixel value).
+    assert pipe.focus_disparity(prepared, focus=(60, 10)) == pytest.approx(float(d[60]), abs=1e-6)
+    mask = torch.zeros(40, 80, dtype=torch.bool)
+    mask[:, 10:13] = True
+    assert pipe.focus_disparity(prepared, mask=mask) == pytest.approx(float(d[11]), abs=1e-6)
+    assert 0.3 < pipe.focus_disparity(prepared, focus="auto") < 0.7  # centre-weighted fallback
+    with pytest.raises(ParameterError, match="focus value"):
+        pipe.focus_disparity(prepared, focus=1.5)
+    with pytest.raises(ParameterError, match="'auto'"):
+        pipe.focus_disparity(prepared, focus="center")
+
+
+def test_mask_and_disparity_at_output_size_are_accepted_and_wrong_sizes_rejected():
+    image = _image(20, 30)
+    pipe = _pipeline()
+    disparity = torch.rand(1, 40, 60)
+    out = pipe.run(image, focus=0.5, K=16, scale=2, disparity=disparity)
+    torch.testing.assert_close(out.disparity[0], disparity)
+    assert pipe.depth_model.calls == 0
+    mask = torch.ones(40, 60)
+    pipe.run(image, K=16, scale=2, mask=mask)
+    with pytest.raises(InvalidInputError, match="mask of size 31×20"):
+        pipe.run(image, K=16, scale=2, mask=torch.ones(20, 31))
+    with pytest.raises(InvalidInputError, match="disparity of size 30×21"):
+        pipe.run(image, K=16, scale=2, disparity=torch.rand(21, 30))
+
+
+def test_missing_depth_model_is_a_clear_error():
+    pipe = MagicBokehPipeline(PointwiseModel(), None, tile_size=64, tile_stride=32, progress=False)
+    with pytest.raises(ConfigError, match="pass disparity="):
+        pipe(_image(), focus=0.5)
+
+
+def test_bad_inputs_and_parameters():
+    pipe = _pipeline()
+    with pytest.raises(ParameterError, match="K must be"):
+        pipe(_image(), focus=0.5, K=40)
+    with pytest.raises(ParameterError, match="scale"):
+        pipe(_image(), focus=0.5, scale=0)
+    with pytest.raises(InvalidInputError, match="values in"):
+        pipe(_image() * 2, focus=0.5)
+    with pytest.raises(ParameterError, match="color_fix"):
+        _pipeline(color_fix="hist")
+    with pytest.raises(ParameterError, match="needs a GPU"):
+        _pipeline(precision="fp16", device="cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_adain_default_fixes_a_global_tint():
+    class Tint(PointwiseModel):
+        def forward(self, images, defocus):
+            return (images * 0.8 + 0.1) * torch.tensor([1.0, 0.9, 1.1]).view(1, 3, 1, 1)
+
+    pipe = MagicBokehPipeline(Tint(), RampDepth(), tile_size=64, tile_stride=32, progress=False)
+    image = _image(50, 50)
+    out = pipe(image, focus=0.5, K=0, scale=1)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), image.mean(dim=(1, 2)), atol=2e-3, rtol=0)
+
+
+def test_merge_lora_is_called_when_offered():
+    class Mergeable(PointwiseModel):
+        merged = False
+
+        def merge_lora(self):
+            self.merged = True
+
+    model = Mergeable()
+    MagicBokehPipeline(model, merge_lora=True, tile_size=64, tile_stride=32)
+    assert model.merged
+
+
+def test_upsample_shrinks_with_antialiasing():
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., ::2, :] = 1  # a row grating that plain bicubic would alias when halving
+    assert upsample(image, 0.5).std() < 0.1  # plain bicubic gives ≈ 0.5 here
