@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	# pyiqa without its declared requirements (a second OpenCV, ~0.8 GB of tools); its run-time needs are ours
 	$(PIP) install --no-deps -c constraints.txt pyiqa
+	# MATLAB's NIQE parameters from the basicsr==1.4.2 sdist (Apache-2.0) into $(VENV)/share/magicbokeh; idempotent
+	$(PY) -m magicbokeh.evaluation.assets
 	@touch $(STAMP)
 
 install: $(STAMP)
