@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import sys
+import types
 
 import pytest
 import torch
+from diffusers import ControlNetModel
 
 from magicbokeh.errors import ConfigError, MissingWeightsError
 from magicbokeh.models import MagicBokehModel
+from magicbokeh.models.checkpoint import import_official_checkpoint, read_official_checkpoint
+from magicbokeh.models.model import parameter_group
 
 from .conftest import inputs, randomize
 
@@ -35,3 +42,93 @@ def test_loading_rejects_missing_files_and_other_configurations(make_tiny_model,
 
     with pytest.raises(ConfigError, match="does not match"):
         other.load_checkpoint_weights(load_file(str(tmp_path / "rank4" / "model.safetensors")))
+
+
+class _Exploit:
+    """Unpickling this would call os.getcwd: the restricted unpickler must refuse the global instead."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _official_checkpoint(model, path, monkeypatch) -> None:
+    """Write ``model``'s trainable weights as the release does: one torch.save pickle with a ControlNet object."""
+    state = model.state_dict()
+    down = ("unet.down_blocks.", "unet.conv_in.")
+
+    def unet_key(name):
+        adapter = "default_encoder" if name.startswith(down) else "default_decoder"
+        return name.removeprefix("unet.").replace(".sr.", f".{adapter}.")
+
+    lora_modules = {
+        n.removeprefix("unet.").split(".lora_A.")[0] for n in state if n.startswith("unet.") and ".lora_A." in n
+    }
+    # The release's ControlNet class lives in its own "models.controlnet" module and has no mid-block residual conv.
+    official_module = types.ModuleType("models.controlnet")
+    official_class = type("ControlNetModel", (ControlNetModel,), {"__module__": "models.controlnet"})
+    official_module.ControlNetModel = official_class
+    monkeypatch.setitem(sys.modules, "models", types.ModuleType("models"))
+    monkeypatch.setitem(sys.modules, "models.controlnet", official_module)
+    controlnet = copy.deepcopy(model.controlnet)
+    del controlnet.controlnet_mid_block
+    controlnet.__class__ = official_class
+    document = {
+        "rank_unet": model.config["unet_lora_rank"],
+        "unet_lora_encoder_modules": sorted(m for m in lora_modules if f"unet.{m}".startswith(down)),
+        "unet_lora_decoder_modules": sorted(m for m in lora_modules if not f"unet.{m}".startswith(down)),
+        "state_dict_unet": {unet_key(n): t for n, t in state.items() if parameter_group(n) in ("sr_lora", "conv_in")},
+        "rank_vae": model.config["vae_lora_rank"],
+        "vae_lora_encoder_modules": sorted(
+            {n.removeprefix("vae.").split(".lora_")[0] for n in state if ".lora_" in n and n.startswith("vae.")}
+        ),
+        "state_dict_vae": {
+            n.removeprefix("vae.").replace(".vae.", ".default_encoder."): t
+            for n, t in state.items()
+            if parameter_group(n) == "vae_lora"
+        },
+        "controlnet": controlnet,
+        "state_dict_attn": model.config["bokeh_lora_rank"],
+        "processor_state_dict": {
+            n.removeprefix("unet."): t for n, t in state.items() if parameter_group(n) == "bokeh_lora"
+        },
+    }
+    torch.save(document, path)
+
+
+def _official_tiny(make_tiny_model):
+    return make_tiny_model(unet_lora_alpha=8.0, vae_lora_alpha=8.0, bokeh_lora_alpha=1.0)
+
+
+def test_official_checkpoint_import_reproduces_the_model(make_tiny_model, tmp_path, monkeypatch):
+    original = _official_tiny(make_tiny_model)
+    randomize(original.trainable_parameters("joint"), std=0.1)
+    _official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
+    monkeypatch.delitem(sys.modules, "models.controlnet")  # the importer must not need the release's code
+
+    target = copy.deepcopy(original)
+    with torch.no_grad():
+        for param in target.trainable_parameters("joint"):
+            param.zero_()
+    imported = import_official_checkpoint(tmp_path / "lora.pkl", model=target, output_dir=tmp_path / "ours")
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(tensor, imported.state_dict()[name]), name
+    images, defocus = inputs()
+    reloaded = MagicBokehModel.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        expected = original(images, defocus)
+        torch.testing.assert_close(imported(images, defocus), expected, atol=0, rtol=0)
+        torch.testing.assert_close(reloaded(images, defocus), expected, atol=0, rtol=0)
+
+
+def test_official_import_checks_ranks(make_tiny_model, tmp_path, monkeypatch):
+    _official_checkpoint(_official_tiny(make_tiny_model), tmp_path / "lora.pkl", monkeypatch)
+    with pytest.raises(ConfigError, match="bokeh_lora_rank"):
+        import_official_checkpoint(tmp_path / "lora.pkl", model=make_tiny_model(bokeh_lora_rank=2))
+
+
+def test_restricted_unpickler_refuses_unexpected_globals(tmp_path):
+    torch.save({"rank_unet": 4, "payload": _Exploit()}, tmp_path / "evil.pkl")
+    with pytest.raises(ConfigError, match="getcwd"):
+        read_official_checkpoint(tmp_path / "evil.pkl")
+    with pytest.raises(MissingWeightsError, match="lora.pkl"):
+        read_official_checkpoint(tmp_path / "missing.pkl")
