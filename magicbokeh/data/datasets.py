@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from magicbokeh.data.io import DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, list_images, read_disparity, read_image
+from magicbokeh.data.synthetic import SyntheticSceneGenerator, render_scene
 from magicbokeh.data.transforms import ensure_min_size, random_crop, random_hflip
 from magicbokeh.errors import DatasetError, ParameterError
 from magicbokeh.models.defocus import defocus_map
@@ -236,8 +237,6 @@ class SyntheticBokehDataset(Dataset):
         renderer: BokehRenderer | Mapping | None = None,
         scene: Mapping | None = None,
     ) -> None:
-        from magicbokeh.data.synthetic import SyntheticSceneGenerator
-
         if size < 8 or length < 1:
             raise ParameterError(f"size must be ≥ 8 and length ≥ 1, got size={size}, length={length}")
         self.size, self.length, self.seed = int(size), int(length), int(seed)
@@ -250,19 +249,13 @@ class SyntheticBokehDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        from magicbokeh.data.synthetic import render_scene
-
         generator = sample_generator(self.seed, index)
         scene = self.scenes(generator)
-        disparity = scene.disparity.reshape(1, self.size, self.size)
-        focus, K, rule = self.sampler(disparity, scene.subject_mask.reshape(1, self.size, self.size), generator)
+        disparity = scene.disparity
+        focus, K, rule = self.sampler(disparity, scene.subject_mask, generator)
         renderer = self.renderer
-        target = render_scene(
-            scene, focus, renderer.blur_px(K), gamma=renderer.gamma, aperture=renderer.aperture,
-            downsample=renderer.downsample,
-        ).reshape(3, self.size, self.size)  # fmt: skip
-        image = scene.image.reshape(3, self.size, self.size)
-        lq = _degrade(image, self.degradation, generator)
+        target = render_scene(scene, focus, renderer.blur_px(K), gamma=renderer.gamma, aperture=renderer.aperture)
+        lq = _degrade(scene.image, self.degradation, generator)
         meta = {"index": int(index), "dataset": "synthetic", "source": "synthetic", "focus_rule": rule}
         return bokeh_sample(lq, target, disparity, focus, K, meta)
 
@@ -543,8 +536,6 @@ class DepthDistillDataset(Dataset):
             raise ParameterError("DepthDistillDataset with root=None (synthetic scenes) needs a length")
         self.scenes = None
         if self.files is None:
-            from magicbokeh.data.synthetic import SyntheticSceneGenerator
-
             self.scenes = SyntheticSceneGenerator(crop_size, crop_size)
         self.crop_size, self.flip, self.seed = int(crop_size), bool(flip), int(seed)
         self.length = _virtual_length(length, len(self.files) if self.files else 0)
@@ -560,7 +551,7 @@ class DepthDistillDataset(Dataset):
             (clean,) = _crop_and_flip([read_image(path)], self.crop_size, self.flip, generator)
             source = str(path)
         else:
-            clean = self.scenes(generator).image.reshape(3, self.crop_size, self.crop_size)
+            clean = self.scenes(generator).image
             source = "synthetic"
         degraded = _degrade(clean, self.degradation, generator)
         return {"clean": clean.float(), "degraded": degraded.float(), "meta": {"index": int(index), "source": source}}
