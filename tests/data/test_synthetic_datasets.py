@@ -43,6 +43,8 @@ def test_smoke_data_config_instantiates_every_node(monkeypatch):
     for node, task in (("bokeh_train", "bokeh"), ("sr_train", "sr"), ("val_bokeh", "bokeh"), ("val_sr", "sr")):
         dataset = instantiate(cfg.data[node])
         assert isinstance(dataset.degradation, RealESRGANDegradation)
+        if task == "bokeh":  # the run's renderer settings, with the data config's CoC radius for its crop size
+            assert dataset.renderer.method == cfg.renderer.method and dataset.renderer.max_coc_px == 2
         sample = dataset[0]
         assert sample["task"] == task and sample["lq"].shape == (3, 32, 32), node
 
