@@ -46,13 +46,15 @@ def _channel_stats(images: torch.Tensor, band_rows: int) -> tuple[torch.Tensor, 
     return mean, (var + _ADAIN_EPS).sqrt()
 
 
-def adain_color_fix(output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS) -> torch.Tensor:
-    """AdaIN colour fix (module docstring); returns a new clamped tensor."""
+def adain_color_fix(
+    output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS, inplace: bool = False
+) -> torch.Tensor:
+    """AdaIN colour fix (module docstring), clamped; ``inplace`` overwrites a float32 ``output`` band by band."""
     out_mean, out_std = _channel_stats(output, band_rows)
     ref_mean, ref_std = _channel_stats(reference, band_rows)
     gain = (ref_std / out_std).to(torch.float32).view(1, -1, 1, 1)
     bias = (ref_mean - out_mean * ref_std / out_std).to(torch.float32).view(1, -1, 1, 1)
-    fixed = torch.empty_like(output, dtype=torch.float32)
+    fixed = output if inplace and output.dtype == torch.float32 else torch.empty_like(output, dtype=torch.float32)
     for top in range(0, output.shape[-2], band_rows):
         band = output[..., top : top + band_rows, :].float()
         fixed[..., top : top + band_rows, :] = (band * gain + bias).clamp_(0.0, 1.0)
@@ -72,7 +74,8 @@ def _low_frequency(images: torch.Tensor) -> torch.Tensor:
 
 
 def wavelet_color_fix(output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS) -> torch.Tensor:
-    """Wavelet colour fix ``high(out) + low(in)`` (module docstring); returns a new clamped tensor."""
+    """Wavelet colour fix ``high(out) + low(in)`` (module docstring); returns a new clamped tensor (a band's halo
+    reads rows of its neighbours, so it cannot overwrite its input)."""
     height = output.shape[-2]
     fixed = torch.empty_like(output, dtype=torch.float32)
     for top in range(0, height, band_rows):
@@ -87,8 +90,13 @@ def wavelet_color_fix(output: torch.Tensor, reference: torch.Tensor, band_rows: 
     return fixed
 
 
-def color_fix(output: torch.Tensor, reference: torch.Tensor, method: str = "adain") -> torch.Tensor:
-    """Apply the named colour fix to ``1×3×H×W`` (or ``B×…``, image by image) ``output`` against ``reference``."""
+def color_fix(
+    output: torch.Tensor, reference: torch.Tensor, method: str = "adain", inplace: bool = False
+) -> torch.Tensor:
+    """Apply the named colour fix to ``1×3×H×W`` (or ``B×…``, image by image) ``output`` against ``reference``.
+
+    ``inplace`` lets AdaIN reuse ``output``'s memory (the wavelet fix always allocates a new tensor).
+    """
     if method not in COLOR_FIX_METHODS:
         raise ParameterError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {method!r}")
     if output.shape != reference.shape or output.ndim != 4:
@@ -98,7 +106,10 @@ def color_fix(output: torch.Tensor, reference: torch.Tensor, method: str = "adai
         )
     if method == "none":
         return output
-    fix = adain_color_fix if method == "adain" else wavelet_color_fix
-    if output.shape[0] == 1:
-        return fix(output, reference)
-    return torch.cat([fix(output[i : i + 1], reference[i : i + 1]) for i in range(output.shape[0])])
+    fixed = [
+        adain_color_fix(output[i : i + 1], reference[i : i + 1], inplace=inplace)
+        if method == "adain"
+        else wavelet_color_fix(output[i : i + 1], reference[i : i + 1])
+        for i in range(len(output))
+    ]
+    return fixed[0] if len(fixed) == 1 else torch.cat(fixed)  # no copy for the usual single image

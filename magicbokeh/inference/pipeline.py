@@ -18,6 +18,7 @@ unsupported, so asking for them there is an error).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -108,64 +109,24 @@ class PipelineOutput:
     focus_disparity: float
 
 
-class MagicBokehPipeline:
-    """Tiled, any-size inference around a MagicBokeh network.
+class BokehPipeline(abc.ABC):
+    """What every renderer shares: input checks, upsampling, disparity, focus, and the per-image loop.
+
+    Subclasses implement :meth:`render` (one prepared image, one focus disparity, one K → :class:`PipelineOutput`).
 
     Args:
-        model: ``model(lq_images B×3×h×w [0, 1], defocus B×1×h×w) -> images``; its ``stride`` attribute (default
-            1) is the multiple the tile must be.
         depth_model: anything with ``predict_disparity(images) -> B×1×H×W`` in [0, 1]; only needed when no
             disparity is passed.
-        tile_size, tile_stride: tiling (official 512/256); ``tile_size=None`` runs the whole image at once.
-        color_fix: ``adain`` (default), ``wavelet`` or ``none``.
-        tile_batch_size: tiles per network call (memory vs. throughput).
-        device: where the network runs (default: where its parameters are).
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
-        merge_lora: fold LoRA adapters into the base weights once (faster; only if the model offers ``merge_lora``).
         saliency_model: optional subject detector for ``focus="auto"`` (see :func:`magicbokeh.depth.focus.focus_auto`).
-        progress: tqdm bar over tiles.
     """
 
-    def __init__(
-        self,
-        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        depth_model: object | None = None,
-        *,
-        tile_size: int | None = 512,
-        tile_stride: int | None = 256,
-        color_fix: str = "adain",
-        tile_batch_size: int = 1,
-        device: torch.device | str | None = None,
-        precision: str = "auto",
-        merge_lora: bool = False,
-        saliency_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        progress: bool = True,
-    ):
-        if color_fix not in COLOR_FIX_METHODS:
-            raise ParameterError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
-        if tile_batch_size < 1:
-            raise ParameterError(f"tile batch size must be ≥ 1, got {tile_batch_size}")
-        self.model_stride = int(getattr(model, "stride", 1))
-        check_tiling(tile_size, tile_stride, self.model_stride)
-        self.device = torch.device(device) if device is not None else _model_device(model)
-        self.dtype = resolve_dtype(precision, self.device)
-        if isinstance(model, torch.nn.Module):
-            model = model.to(device=self.device, dtype=self.dtype).eval()
-        if merge_lora:
-            merge = getattr(model, "merge_lora", None)
-            if merge is None:
-                name = type(model).__name__
-                logger.warning("merge_lora requested but %s has no merge_lora(); running unmerged", name)
-            else:
-                merge()
-                logger.info("LoRA adapters merged into the base weights")
-        self.model = model
+    def __init__(self, depth_model: object | None = None, saliency_model: Callable | None = None):
         self.depth_model = depth_model
         self.saliency_model = saliency_model
-        self.tile_size, self.tile_stride = tile_size, tile_stride
-        self.color_fix = color_fix
-        self.tile_batch_size = tile_batch_size
-        self.progress = progress
+
+    @abc.abstractmethod
+    def render(self, prepared: Prepared, focus_disparity: float, K: float) -> PipelineOutput:
+        """One prepared image at focus disparity ``focus_disparity`` and strength ``K``."""
 
     # ----------------------------------------------------------------------------------------------------------------
     def __call__(
@@ -281,6 +242,63 @@ class MagicBokehPipeline:
             raise ParameterError(f"focus point must be (x, y) in input pixels, got {focus!r}")
         return float(focus_from_point(prepared.disparity, point))
 
+
+class MagicBokehPipeline(BokehPipeline):
+    """Tiled, any-size inference around a MagicBokeh network.
+
+    Args:
+        model: ``model(lq_images B×3×h×w [0, 1], defocus B×1×h×w) -> images``; its ``stride`` attribute (default
+            1) is the multiple the tile must be.
+        depth_model, saliency_model: see :class:`BokehPipeline`.
+        tile_size, tile_stride: tiling (official 512/256); ``tile_size=None`` runs the whole image at once.
+        color_fix: ``adain`` (default), ``wavelet`` or ``none``.
+        tile_batch_size: tiles per network call (memory vs. throughput).
+        device: where the network runs (default: where its parameters are).
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
+        merge_lora: fold LoRA adapters into the base weights once (faster; only if the model offers ``merge_lora``).
+        progress: tqdm bar over tiles.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        depth_model: object | None = None,
+        *,
+        tile_size: int | None = 512,
+        tile_stride: int | None = 256,
+        color_fix: str = "adain",
+        tile_batch_size: int = 1,
+        device: torch.device | str | None = None,
+        precision: str = "auto",
+        merge_lora: bool = False,
+        saliency_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        progress: bool = True,
+    ):
+        super().__init__(depth_model, saliency_model)
+        if color_fix not in COLOR_FIX_METHODS:
+            raise ParameterError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
+        if tile_batch_size < 1:
+            raise ParameterError(f"tile batch size must be ≥ 1, got {tile_batch_size}")
+        self.model_stride = int(getattr(model, "stride", 1))
+        check_tiling(tile_size, tile_stride, self.model_stride)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.dtype = resolve_dtype(precision, self.device)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device=self.device, dtype=self.dtype).eval()
+        if merge_lora:
+            merge = getattr(model, "merge_lora", None)
+            if merge is None:
+                name = type(model).__name__
+                logger.warning("merge_lora requested but %s has no merge_lora(); running unmerged", name)
+            else:
+                merge()
+                logger.info("LoRA adapters merged into the base weights")
+        self.model = model
+        self.tile_size, self.tile_stride = tile_size, tile_stride
+        self.color_fix = color_fix
+        self.tile_batch_size = tile_batch_size
+        self.progress = progress
+
     def render(self, prepared: Prepared, focus_disparity: float, K: float) -> PipelineOutput:
         """Network over tiles + colour fix for one focus disparity and strength K."""
         check_K(K)
@@ -302,5 +320,6 @@ class MagicBokehPipeline:
                 dtype=self.dtype,
                 progress=self.progress,
             )
-            output = color_fix(output.clamp_(0.0, 1.0), prepared.upsampled, self.color_fix)
+            # In place: the accumulator is ours, and a second image-sized buffer is what a 48 MP photo cannot afford.
+            output = color_fix(output.clamp_(0.0, 1.0), prepared.upsampled, self.color_fix, inplace=True)
         return PipelineOutput(output, prepared.disparity_out, defocus, float(focus_disparity))

@@ -58,3 +58,11 @@ def test_none_and_errors():
         color_fix(output, reference, "histogram")
     with pytest.raises(InvalidInputError, match="equal shape"):
         color_fix(output, reference[..., :10], "adain")
+
+
+def test_inplace_adain_reuses_the_output_buffer():
+    output, reference = _pair()
+    expected = color_fix(output.clone(), reference, "adain")
+    fixed = color_fix(output, reference, "adain", inplace=True)
+    assert fixed.data_ptr() == output.data_ptr()
+    torch.testing.assert_close(fixed, expected)
