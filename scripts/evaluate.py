@@ -22,6 +22,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from magicbokeh.data.benchmark_index import load_benchmark_index
     from magicbokeh.evaluation.baselines import MODEL_METHODS, build_method
     from magicbokeh.evaluation.evaluate import run_evaluation
     from magicbokeh.models import MagicBokehModel
@@ -41,6 +42,12 @@ def main(cfg: DictConfig) -> None:
         names = [name for name in names if name not in MODEL_METHODS]
     # The renderer group may be a plain settings node (name = method) or an instantiable BokehRenderer.
     renderer = instantiate(cfg.renderer) if "_target_" in cfg.renderer else BokehRenderer(method=cfg.renderer.name)
+    # Baselines must blur at the scale the benchmark's targets were rendered at (its builder records max_coc_px).
+    header, _ = load_benchmark_index(cfg.benchmark.root)
+    benchmark_coc = header.get("meta", {}).get("max_coc_px")
+    if benchmark_coc is not None and isinstance(renderer, BokehRenderer) and renderer.max_coc_px != benchmark_coc:
+        logger.info("renderer max_coc_px %g -> %g (from the benchmark's index)", renderer.max_coc_px, benchmark_coc)
+        renderer.max_coc_px = float(benchmark_coc)
     methods = [
         build_method(name, model=model, renderer=renderer, sample_posterior=cfg.sample_posterior) for name in names
     ]

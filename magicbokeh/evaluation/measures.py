@@ -3,9 +3,9 @@
 - **Out-of-focus sharpness**: variance of the Laplacian of the luma inside the out-of-focus region. The region is
   ``|d − d_f| > 0.1`` — the pixels that would be out of focus at full strength K = 32 — so it does not depend on the
   K being evaluated and the same pixels are compared across K.
-- **Controllability**: Spearman rank correlation between K and that variance over a benchmark's bokeh samples. A
-  method whose blur follows K gives a strongly negative value (more K, less high-frequency energy); one that ignores
-  K gives ≈ 0.
+- **Controllability**: Spearman rank correlation between K and that variance, within each scene (same content and
+  focus rendered at several K), averaged over scenes. A method whose blur follows K gives a strongly negative value
+  (more K, less high-frequency energy); one that ignores K gives 0 (or NaN: constant sharpness has no ranking).
 - **In-focus fidelity**: PSNR inside the in-focus mask (``defocus ≤ 0.1`` at the sample's K, FAMA's rule) against
   the clean all-in-focus HQ image: the subject must stay sharp and faithful while the background blurs.
 """
@@ -67,10 +67,24 @@ def in_focus_psnr(
     return masked_psnr(images, hq_images, mask)
 
 
-def controllability(K_values, sharpness_values) -> float:
-    """Spearman ρ between K and out-of-focus Laplacian variance (NaN pairs dropped; NaN if either is constant)."""
-    K_values, sharpness_values = np.asarray(K_values, float), np.asarray(sharpness_values, float)
+def _spearman(K_values: np.ndarray, sharpness_values: np.ndarray) -> float:
     keep = np.isfinite(K_values) & np.isfinite(sharpness_values)
     if keep.sum() < 3 or np.unique(K_values[keep]).size < 2 or np.unique(sharpness_values[keep]).size < 2:
         return math.nan
     return float(spearmanr(K_values[keep], sharpness_values[keep]).statistic)
+
+
+def controllability(K_values, sharpness_values, groups=None) -> float:
+    """Spearman ρ between K and out-of-focus Laplacian variance.
+
+    With ``groups`` (one scene key per value), ρ is computed within each scene — the same content at several K, so
+    content differences between scenes cannot mask or fake the effect of K — and averaged over the scenes that have
+    at least three finite values and two distinct K. NaN when no group qualifies (or K / sharpness is constant).
+    """
+    K_values, sharpness_values = np.asarray(K_values, float), np.asarray(sharpness_values, float)
+    if groups is None:
+        return _spearman(K_values, sharpness_values)
+    groups = np.asarray([str(g) for g in groups])
+    per_scene = [_spearman(K_values[groups == g], sharpness_values[groups == g]) for g in np.unique(groups)]
+    per_scene = [rho for rho in per_scene if math.isfinite(rho)]
+    return float(np.mean(per_scene)) if per_scene else math.nan

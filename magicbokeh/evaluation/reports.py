@@ -151,7 +151,7 @@ def write_report(
         markdown_table(summary),
         "`psnr_in_focus`: PSNR inside the in-focus mask (defocus ≤ 0.1) against the all-in-focus HQ image. "
         "`oof_laplacian_var`: Laplacian variance of the luma where |d − d_f| > 0.1. `controllability`: Spearman ρ "
-        "between K and that variance (−1: blur follows K exactly; 0: K is ignored).",
+        "between K and that variance within each scene, averaged (−1: blur follows K exactly; 0 or –: K is ignored).",
         "",
         "## Metric vs K",
         "",

@@ -41,7 +41,7 @@ from magicbokeh.utils.seeding import sample_generator
 logger = get_logger(__name__)
 
 INPUTS = ("lq", "hq")
-KEY_COLUMNS = ("method", "seed", "id", "task", "K", "focus_disparity")
+KEY_COLUMNS = ("method", "seed", "id", "scene", "task", "K", "focus_disparity")
 IN_FOCUS_COLUMN = "psnr_in_focus"
 SHARPNESS_COLUMN = "oof_laplacian_var"
 CONTROLLABILITY = "controllability"
@@ -108,6 +108,17 @@ def load_sample(sample: BenchmarkSample, input_key: str = "lq") -> SampleData:
 def method_seeds(method: Method, seeds: Sequence[int]) -> list[int]:
     """Deterministic methods run once (under the first seed); stochastic ones once per seed."""
     return list(seeds) if method.stochastic else list(seeds[:1])
+
+
+def scene_key(sample: BenchmarkSample) -> str:
+    """Samples showing the same content and focus share a key: the builder's ``scene`` field, else the HQ/disparity
+    file plus the focus disparity (the controllability measure compares K within a key)."""
+    if "scene" in sample.extra:
+        base = str(sample.extra["scene"])
+    else:
+        source = sample.hq or sample.disparity
+        base = source.stem if source is not None else sample.id
+    return f"{base}@{sample.focus_disparity:.4f}"
 
 
 def prediction_path(run_dir: Path, method: str, seed: int, sample_id: str) -> Path:
@@ -243,8 +254,8 @@ def score(
                 continue
             prediction = read_image(path).unsqueeze(0)
             values = _score_one(sample, prediction, load_sample(sample, input_key), per_image)
-            row = {"method": method, "seed": seed, "id": sample.id, "task": sample.task, "K": sample.K,
-                   "focus_disparity": sample.focus_disparity}  # fmt: skip
+            row = {"method": method, "seed": seed, "id": sample.id, "scene": scene_key(sample), "task": sample.task,
+                   "K": sample.K, "focus_disparity": sample.focus_disparity}  # fmt: skip
             row.update({name: _format(value) for name, value in values.items()})
             rows.append(row)
         # Save progress after every (method, seed), keeping cached rows not reached yet.
@@ -300,7 +311,7 @@ def summarize(rows: Sequence[dict], value_columns: Sequence[str], set_scores: di
         for seed_rows in seeds.values():
             bokeh = [r for r in seed_rows if r["task"] == "bokeh"]
             sharpness = [_number(r[SHARPNESS_COLUMN]) for r in bokeh]
-            control.append(controllability([_number(r["K"]) for r in bokeh], sharpness))
+            control.append(controllability([_number(r["K"]) for r in bokeh], sharpness, [r["scene"] for r in bokeh]))
         control = [c for c in control if math.isfinite(c)]
         if control:
             entry[CONTROLLABILITY] = _stats(np.array(control), control, count=len(control))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ def test_predict_score_report_end_to_end(benchmark, tmp_path):
     # The renderer baseline reproduces the targets' blur, so it beats plain bicubic on PSNR and follows K.
     assert rendered["psnr"]["mean"] > bicubic["psnr"]["mean"]
     assert rendered["controllability"]["mean"] < -0.5
-    assert bicubic["controllability"]["mean"] == pytest.approx(0.0, abs=1e-9)  # same output for every K
+    assert "controllability" not in bicubic  # same output for every K: no ranking within a scene
     table = (run_dir / "table.md").read_text()
     assert "| bicubic_renderer |" in table and "psnr ↑" in table
 
@@ -158,4 +159,8 @@ def test_measures_against_hand_computation():
     # of each sign → mean 0, variance (4·219)².
     assert laplacian_variance(image, region).item() == pytest.approx((4 * 219.0) ** 2)
     assert controllability([0, 8, 16, 32], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
-    assert controllability([8, 8, 8], [1.0, 2.0, 3.0]) != controllability([8, 8, 8], [1.0, 2.0, 3.0])  # NaN
+    assert math.isnan(controllability([8, 8, 8], [1.0, 2.0, 3.0]))
+    # Pooled over two scenes of different texture the trend is masked; within each scene it is exact.
+    K, sharp, scene = [0, 16, 32] * 2, [3.0, 2.0, 1.0, 30.0, 20.0, 10.0], ["a"] * 3 + ["b"] * 3
+    assert controllability(K, sharp) > -0.5
+    assert controllability(K, sharp, scene) == pytest.approx(-1.0)
