@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from magicbokeh.data.datasets import (
@@ -18,6 +19,7 @@ from magicbokeh.data.degradations import RealESRGANDegradation
 from magicbokeh.data.io import write_disparity, write_image
 from magicbokeh.errors import DatasetError, ImageReadError, MagicBokehError
 from magicbokeh.models.defocus import defocus_map
+from magicbokeh.utils.config import compose_config
 
 SIZE = 40
 CROP = 32
@@ -209,3 +211,12 @@ def test_depth_distill_pairs_from_folder(tmp_path):
     assert sample["clean"].shape == sample["degraded"].shape == (3, CROP, CROP)
     assert not torch.equal(sample["clean"], sample["degraded"])
     assert torch.equal(dataset[1]["degraded"], dataset[1]["degraded"])
+
+
+def test_ebb_data_config_instantiates_on_an_ebb_folder(ebb_folder):
+    cfg = compose_config("train", ["data=ebb", f"data.ebb_root={ebb_folder}", "data.crop_size=32"])
+    train, val = instantiate(cfg.data.bokeh_train), instantiate(cfg.data.val_bokeh)
+    assert len(train.pairs) == 2 and len(val.pairs) == 2
+    sample = train[5]
+    _check_contract(sample, "bokeh", 32)
+    assert sample["meta"]["has_disparity"] and sample["meta"]["source"].endswith(("0.jpg", "1.jpg"))
