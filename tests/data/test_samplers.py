@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from magicbokeh.data.samplers import MixedTaskDataset, ResumableRandomSampler, TaskMixingSampler
 from magicbokeh.data.transforms import center_crop, ensure_min_size, random_crop, random_hflip
@@ -93,3 +93,11 @@ def test_ensure_min_size_upscales_small_inputs_only():
     grown = ensure_min_size([image, mask], 16, nearest=[False, True])
     assert grown[0].shape == (3, 16, 32) and grown[1].shape == (1, 16, 32) and bool((grown[1] == 1).all())
     assert ensure_min_size([image], 8)[0] is image
+
+
+def test_sampler_drives_a_dataloader_and_resumes_mid_epoch():
+    dataset = _Named("sr", 5)
+    loader = DataLoader(dataset, batch_size=2, sampler=ResumableRandomSampler(5, seed=9))
+    batches = [batch["index"].tolist() for batch in itertools.islice(loader, 4)]
+    resumed = DataLoader(dataset, batch_size=2, sampler=ResumableRandomSampler(5, seed=9, start=2 * 2))
+    assert [batch["index"].tolist() for batch in itertools.islice(resumed, 2)] == batches[2:]
