@@ -142,3 +142,26 @@ def test_missing_sd21_folder_names_the_config_key(tmp_path):
     (tmp_path / "sd").mkdir()
     with pytest.raises(MissingWeightsError, match="unet"):
         build_model(tmp_path / "sd")
+
+
+def test_surgery_switches_off_keep_the_stock_unet_working(make_tiny_model):
+    model = make_tiny_model(prune_mid_block=False, drop_cross_attention=False)
+    assert model.unet.mid_block is not None
+    assert any(isinstance(m, BasicTransformerBlock) and m.attn2 is not None for m in model.unet.modules())
+    images, defocus = inputs(batch=1)
+    with torch.no_grad():
+        output = model(images, defocus)
+    assert output.shape == images.shape and torch.isfinite(output).all()
+
+
+def test_reduced_precision_weights_and_autocast_run(make_tiny_model):
+    images, defocus = inputs(batch=1)
+    model = make_tiny_model()
+    with torch.no_grad():
+        reference = model(images, defocus)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(images, defocus)
+        half = model.to(torch.bfloat16)(images, defocus)
+    assert model.dtype == torch.bfloat16
+    for output in (autocast, half):
+        assert output.dtype == torch.float32 and (output - reference).abs().mean() < 0.05
