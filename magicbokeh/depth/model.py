@@ -291,6 +291,8 @@ def build_depth_model(
         device, dtype: where to put the network (caller's choice; nothing is assumed).
         attn_implementation: ``"sdpa"`` or ``"eager"``.
     """
+    if weights is not None and not Path(weights).exists():  # fail before spending time on building the network
+        raise missing_weights(str(weights), config_key, WEIGHTS_SOURCE)
     config = depth_anything_config(size)
     # Only the DINOv2 encoder has attention (the DPT head is convolutional), so only its config takes the switch.
     config.backbone_config._attn_implementation = attn_implementation
@@ -299,6 +301,13 @@ def build_depth_model(
         load_depth_weights(network, weights, config_key)
         logger.info("loaded %s depth weights from %s", size, weights)
     else:
+        # HF initialises the DPT convolutions with N(0, 0.02), which shrinks the signal at every layer: a random
+        # network then predicts ~1e-7 everywhere and its final ReLU starts dead. The release trains the head from
+        # PyTorch's default (Kaiming-uniform) conv init; use that so a random network (tests, the smoke teacher)
+        # produces structured output.
+        for module in (*network.neck.modules(), *network.head.modules()):
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                module.reset_parameters()
         logger.info("built a randomly initialised %s depth network (no weights given)", size)
     model = DepthModel(network, input_size=input_size)
     model.eval()

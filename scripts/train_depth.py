@@ -1,0 +1,29 @@
+"""Distil the degradation-aware depth student (configs/depth.yaml; magicbokeh.depth.distill.train_depth).
+
+python scripts/train_depth.py experiment=depth_smoke                       # CPU, tiny network, minutes
+python scripts/train_depth.py experiment=depth_paper data.train.root=/data/sa1b_200k \
+    paths.depth_anything=/weights/depth_anything_v2_vitl.pth
+accelerate launch scripts/train_depth.py experiment=depth_paper run_id=da ...   # many GPUs, same code
+python scripts/train_depth.py experiment=depth_smoke run_id=<id> resume=latest   # continue a run
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
+
+set_offline_defaults()
+
+
+@hydra.main(config_path="../configs", config_name="depth", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from magicbokeh.depth.distill import train_depth
+
+    train_depth(cfg)
+
+
+if __name__ == "__main__":
+    main()
