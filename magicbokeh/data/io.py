@@ -91,6 +91,16 @@ def _apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(transform(array)) if transform else array
 
 
+def _stores_16_bit_samples(pil_image: Image.Image, data: bytes) -> bool:
+    """True for 16-bit PNG/TIFF, which PIL would silently reduce to 8 bits in RGB mode (header check, no decode)."""
+    if pil_image.format == "PNG":
+        return len(data) > 24 and data[24] == 16  # IHDR bit depth: 8-byte signature + length + type + width + height
+    if pil_image.format == "TIFF":
+        bits = pil_image.tag_v2.get(258, (8,))
+        return max(bits if isinstance(bits, tuple) else (bits,)) == 16
+    return False
+
+
 def _decode_high_bit_depth(data: bytes) -> np.ndarray | None:
     """Decode with OpenCV keeping 16-bit samples; ``None`` if the file is 8-bit (PIL handles those)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -152,7 +162,7 @@ def read_image(
         with Image.open(io.BytesIO(data)) as pil_image:
             pil_image.load()  # decode now: truncated or corrupt data fails here, not later
             orientation = pil_image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-            array = _decode_high_bit_depth(data) if pil_image.format in ("PNG", "TIFF") else None
+            array = _decode_high_bit_depth(data) if _stores_16_bit_samples(pil_image, data) else None
             if array is None:
                 array = _pil_to_float_array(ImageOps.exif_transpose(pil_image), path)
             else:

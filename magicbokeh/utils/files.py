@@ -29,11 +29,26 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would (0666 minus the umask).
+        os.chmod(temp_path, 0o666 & ~_current_umask())
         os.replace(temp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp_path.unlink()
         raise
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (os.umask alone must set it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:

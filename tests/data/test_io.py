@@ -299,3 +299,13 @@ def test_list_images_sorted_and_filtered(tmp_path, rgb8):
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
     with pytest.raises(ImageReadError, match="not a folder"):
         list_images(tmp_path / "a.jpg")
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    write_image(tmp_path / "o.png", torch.zeros(3, 4, 4))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "o.png").stat().st_mode) == 0o666 & ~mask
