@@ -40,7 +40,7 @@ from magicbokeh.optics.coc import blur_px_for_K
 
 RENDER_METHODS = ("layered", "scatter")
 DEFAULT_NUM_LAYERS = 24
-LOWRES_RADIUS = 4.0
+LOWRES_RADIUS = 6.0
 """Smallest radius (pixels, at the reduced resolution) a large circle of confusion is blurred at."""
 MIN_STEP_PX = 0.25
 """Slices closer than this in radius bring no visible accuracy; fewer slices are used when the blur is small."""
