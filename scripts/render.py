@@ -25,7 +25,13 @@ def main(cfg: DictConfig) -> None:
     from magicbokeh.depth import build_depth_model
     from magicbokeh.depth.focus import load_saliency_model
     from magicbokeh.errors import ConfigError
-    from magicbokeh.inference.batch import LazyDepthModel, RenderOptions, focus_from_config, render_inputs
+    from magicbokeh.inference.batch import (
+        LazyDepthModel,
+        RenderOptions,
+        collect_inputs,
+        focus_from_config,
+        render_inputs,
+    )
     from magicbokeh.inference.classical import ClassicalPipeline
     from magicbokeh.inference.pipeline import MagicBokehPipeline
     from magicbokeh.models import MagicBokehModel
@@ -33,6 +39,7 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.input is None:
         raise ConfigError("set input=PATH (an image file or a folder of images)")
+    collect_inputs(cfg.input)  # a typo in the path fails now, not after loading the network
     seed_everything(cfg.seed)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     depth_model = LazyDepthModel(

@@ -95,6 +95,18 @@ def _companion(option: Path | None, image_path: Path, single: bool, what: str) -
     return matches[0]
 
 
+def collect_inputs(input_path: str | Path) -> tuple[list[Path], bool]:
+    """The images to render and whether the input was a single file (checked before any model is loaded)."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise ImageReadError(f"input '{input_path}' does not exist (give an image file or a folder of images)")
+    single = input_path.is_file()
+    images = [input_path] if single else list_images(input_path)
+    if not images:
+        raise ImageReadError(f"folder '{input_path}' holds no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images, single
+
+
 def render_inputs(
     pipeline: BokehPipeline,
     input_path: str | Path,
@@ -110,13 +122,8 @@ def render_inputs(
         ImageReadError: the input is missing, or a folder holds no image.
         MagicBokehError: the single image failed, or (folder) at least one image failed: the message lists them.
     """
-    input_path, output_dir = Path(input_path), Path(output_dir)
-    if not input_path.exists():
-        raise ImageReadError(f"input '{input_path}' does not exist (give an image file or a folder of images)")
-    single = input_path.is_file()
-    images = [input_path] if single else list_images(input_path)
-    if not images:
-        raise ImageReadError(f"folder '{input_path}' holds no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    images, single = collect_inputs(input_path)
+    output_dir = Path(output_dir)
     disparity = Path(disparity) if disparity is not None else None
     mask = Path(mask) if mask is not None else None
     for option, what in ((disparity, "disparity"), (mask, "mask")):

@@ -202,7 +202,8 @@ class BokehPipeline(abc.ABC):
                 if in_size == out_size
                 else F.interpolate(disparity_in, size=out_size, mode="bilinear", align_corners=False)
             )
-        return Prepared(images, upsampled, disparity_in, disparity_out.clamp(0.0, 1.0), float(scale))
+        # Bilinear resampling is a convex combination, so the maps stay in [0, 1] without a clamp (and a copy).
+        return Prepared(images, upsampled, disparity_in, disparity_out, float(scale))
 
     def estimate_disparity(self, images: torch.Tensor) -> torch.Tensor:
         """Disparity of ``1×3×H×W`` LQ images with the depth model (it was trained on degraded inputs)."""

@@ -1,0 +1,248 @@
+"""Inference benchmark: peak memory and time vs image size, tiled vs untiled, and the seam error of real tiles.
+
+    python scripts/benchmark.py inference                                   # default sweep (CPU: a few minutes)
+    python scripts/benchmark.py inference --network pointwise --sizes 2048x1536,8000x6000
+    python scripts/benchmark.py inference --network tiny --sizes 64x64,128x128 --tile 64 --stride 32
+    python scripts/benchmark.py inference --seam --tile 64 --stride 32      # tiny model, two overlapping tiles
+
+Every measurement runs in a fresh child process, so its peak resident memory (``VmHWM``) belongs to that run
+alone. ``extra`` is the peak minus the process's peak before the image existed (imports, network): the image,
+maps, accumulators, colour fix, and, untiled, the network's activations. It is also given in units of one
+float32 RGB image of the output size (``× img``): a pipeline whose memory is bounded by the tile stays at a
+constant multiple as the image grows, while the untiled baseline (``--tile 0``, measured in the same run) grows
+with its activations. On a GPU the peak device memory (``torch.cuda.max_memory_allocated``) is reported too.
+
+Networks: ``pointwise`` (a per-pixel stand-in with no cost: isolates the pipeline's own memory, feasible at 48 MP
+on a CPU) and ``tiny`` (``configs/model/tiny.yaml``, random weights: the real architecture, small sizes only on a
+CPU). ``--io`` goes through the CLI's file path (read PNG → render → write PNG) instead of an in-memory image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from magicbokeh.errors import ParameterError
+
+DEFAULT_SIZES = {
+    "pointwise": "1024x768,2048x1536,4096x3072,8000x6000",
+    "tiny": "64x64,128x128,192x192",
+}
+DEFAULT_TILES = {"pointwise": (512, 256), "tiny": (64, 32)}
+
+
+class PointwiseNetwork(torch.nn.Module):
+    """Per-pixel stand-in for the network (darkens by the defocus): the pipeline's memory without activations."""
+
+    stride = 8
+
+    def forward(self, images: torch.Tensor, defocus: torch.Tensor) -> torch.Tensor:
+        return images * (1.0 - 0.5 * defocus)
+
+
+class GradientDepth:
+    """Disparity rising left → right (a stand-in depth model; costs one map)."""
+
+    def predict_disparity(self, images: torch.Tensor) -> torch.Tensor:
+        width = images.shape[-1]
+        ramp = torch.linspace(0.0, 1.0, width, dtype=torch.float32).view(1, 1, 1, width)
+        return ramp.expand(images.shape[0], 1, images.shape[-2], width).contiguous()
+
+
+def build_tiny_network() -> torch.nn.Module:
+    """The tiny MagicBokeh network of ``configs/model/tiny.yaml`` with seeded random weights."""
+    from hydra.utils import instantiate
+
+    from magicbokeh.utils.config import compose_config
+
+    torch.manual_seed(0)
+    return instantiate(compose_config("train", ["model=tiny"]).model)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB.
+
+    ``VmHWM`` where the kernel provides it: ``ru_maxrss`` survives ``exec`` and so starts at the parent's RSS at
+    ``fork``, which would hide a child's own peak whenever the parent was bigger.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux, bytes on macOS
+
+
+def _smooth_photo(height: int, width: int) -> torch.Tensor:
+    """A smooth synthetic ``1×3×H×W`` photo (cheap at 48 MP, compresses well as PNG)."""
+    ys = torch.linspace(0, 1, height).view(1, 1, height, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, 1, width)
+    phases = torch.tensor([0.0, 2.0, 4.0]).view(1, 3, 1, 1)
+    return 0.5 + 0.4 * torch.sin(6.0 * xs + 4.0 * ys + phases)
+
+
+def run_child(settings: dict) -> dict:
+    """One measurement (in this process): build the network, then render one image and report peak memory."""
+    from magicbokeh.inference.pipeline import MagicBokehPipeline
+
+    network = build_tiny_network() if settings["network"] == "tiny" else PointwiseNetwork()
+    tile = settings["tile"] or None
+    pipeline = MagicBokehPipeline(
+        network,
+        GradientDepth(),
+        tile_size=tile,
+        tile_stride=settings["stride"] if tile else None,
+        color_fix=settings["color_fix"],
+        device=settings["device"],
+        progress=False,
+    )
+    width, height = settings["size"]
+    device = torch.device(settings["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    before = _peak_rss_mb()
+    start = time.perf_counter()
+    if settings.get("input_file"):
+        from magicbokeh.inference.batch import RenderOptions, render_inputs
+
+        options = RenderOptions(K=16.0, scale=1.0, focus=0.5)
+        render_inputs(pipeline, settings["input_file"], settings["output_dir"], options)
+    else:
+        pipeline(_smooth_photo(height, width), focus=0.5, K=16.0, scale=1.0)
+    seconds = time.perf_counter() - start
+    result = {"before_mb": before, "peak_mb": _peak_rss_mb(), "seconds": seconds}
+    if device.type == "cuda":
+        result["device_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def measure(
+    size: tuple[int, int],
+    *,
+    network: str = "pointwise",
+    tile: int = 512,
+    stride: int = 256,
+    color_fix: str = "adain",
+    device: str = "cpu",
+    io: bool = False,
+    timeout_s: float | None = None,
+) -> dict:
+    """Run one measurement of a ``(width, height)`` image in a fresh process; ``tile=0`` means untiled."""
+    settings = {
+        "size": list(size), "network": network, "tile": tile, "stride": stride, "color_fix": color_fix,
+        "device": device,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="mb_inference_bench_") as folder:
+        if io:
+            from magicbokeh.data.io import write_image
+
+            settings["input_file"] = str(write_image(Path(folder) / "photo.png", _smooth_photo(size[1], size[0])))
+            settings["output_dir"] = str(Path(folder) / "out")
+        completed = subprocess.run(
+            [sys.executable, "-m", "magicbokeh.inference.benchmark", "--child", json.dumps(settings)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"benchmark child failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        if io:
+            result["output_exists"] = (Path(folder) / "out" / "photo.png").is_file()
+    image_mb = size[0] * size[1] * 3 * 4 / 2**20
+    result.update(settings, extra_mb=result["peak_mb"] - result["before_mb"], image_mb=image_mb)
+    result["extra_images"] = result["extra_mb"] / image_mb
+    return result
+
+
+def seam_error(tile: int = 64, stride: int = 32, network: str = "tiny") -> dict[str, float]:
+    """Disagreement of two overlapping tiles of the tiny network on a real photo (scikit-image's astronaut)."""
+    import torch.nn.functional as F
+    from skimage import data
+
+    from magicbokeh.inference.tiling import overlap_disagreement
+    from magicbokeh.models.defocus import defocus_map
+
+    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
+    photo = F.interpolate(photo, size=(tile, tile + stride), mode="bilinear", antialias=True, align_corners=False)
+    defocus = defocus_map(GradientDepth().predict_disparity(photo), 0.5, 16.0)
+    model = build_tiny_network().eval() if network == "tiny" else PointwiseNetwork()
+    with torch.inference_mode():
+        return overlap_disagreement(model, [photo.clamp(0, 1), defocus], tile_size=tile, tile_stride=stride)
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            width, height = (int(v) for v in item.lower().split("x"))
+        except ValueError as error:
+            raise ParameterError(f"sizes are WIDTHxHEIGHT separated by commas, got {item!r}") from error
+        sizes.append((width, height))
+    return sizes
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py inference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", choices=("pointwise", "tiny"), default="pointwise")
+    parser.add_argument("--sizes", help="WIDTHxHEIGHT,… (default depends on --network)")
+    parser.add_argument("--tile", type=int, help="tile size (default 512 pointwise, 64 tiny); 0 = untiled only")
+    parser.add_argument("--stride", type=int)
+    parser.add_argument("--baseline-max-pixels", type=int, default=None, help="skip the untiled baseline above this")
+    parser.add_argument("--color-fix", default="adain")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--io", action="store_true", help="read/write PNG files through the CLI code path")
+    parser.add_argument("--seam", action="store_true", help="only report the tiny network's seam error")
+    args = parser.parse_args(argv)
+
+    default_tile, default_stride = DEFAULT_TILES[args.network]
+    tile = default_tile if args.tile is None else args.tile
+    stride = default_stride if args.stride is None else args.stride
+    if args.seam:
+        errors = seam_error(tile, stride)
+        print(f"seam error, tiny network, tiles {tile}/{stride}, astronaut: " + json.dumps(errors))
+        return 0
+    sizes = _parse_sizes(args.sizes or DEFAULT_SIZES[args.network])
+    baseline_max = args.baseline_max_pixels
+    if baseline_max is None:  # the untiled tiny network is quadratic in attention: keep it feasible on a CPU
+        baseline_max = 256 * 256 if args.network == "tiny" else 10**9
+    print(f"network={args.network} device={args.device} tile={tile}/{stride} color_fix={args.color_fix} io={args.io}")
+    header = f"{'size':>11} {'mode':>8} {'time s':>8} {'peak MB':>9} {'extra MB':>9} {'× img':>6} {'ratio':>6}"
+    print(header + ("  device MB" if args.device.startswith("cuda") else ""))
+    common = {"network": args.network, "color_fix": args.color_fix, "device": args.device, "io": args.io}
+    for size in sizes:
+        rows = []
+        if tile:
+            rows.append(("tiled", measure(size, tile=tile, stride=stride, **common)))
+        if size[0] * size[1] <= baseline_max:
+            rows.append(("untiled", measure(size, tile=0, stride=0, **common)))
+        untiled = dict(rows).get("untiled")
+        for mode, result in rows:
+            ratio = (
+                f"{result['extra_mb'] / untiled['extra_mb']:6.2f}" if untiled and untiled["extra_mb"] > 0 else "     -"
+            )
+            line = (
+                f"{size[0]:>5}x{size[1]:<5} {mode:>8} {result['seconds']:8.2f} {result['peak_mb']:9.0f} "
+                f"{result['extra_mb']:9.0f} {result['extra_images']:6.2f} {ratio}"
+            )
+            if "device_peak_mb" in result:
+                line += f"  {result['device_peak_mb']:9.0f}"
+            print(line, flush=True)
+    print("extra = peak RSS − RSS before the image; × img = extra / (W·H·3·4 bytes); ratio = extra / untiled extra")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(run_child(json.loads(sys.argv[2]))))
+    else:
+        sys.exit(main(sys.argv[1:]))
