@@ -6,7 +6,8 @@ reference, the cost of synthetic training samples, and the README picture.
 2. The brute-force per-pixel scatter (:mod:`magicbokeh.optics.reference`) on a central crop at the same blur, timed
    in the same run: speed ratio (seconds per megapixel, reference / fast) and the fast scatter's error on that crop.
 3. Synthetic data cost on one thread: ``SyntheticSceneGenerator`` + ``render_scene`` at 256² and 512².
-4. ``docs/images/renderer_grid.png``: AIF | disparity | bokeh at three K | polygon aperture with highlight boost.
+4. ``docs/images/renderer_grid.png``: AIF | disparity | bokeh at three K | polygon aperture with highlight boost;
+   ``docs/images/optics_synthetic.png``: synthetic scenes with their layered ground truth beside single-image renders.
 
 CPU seconds are printed beside wall-clock because the machine may be shared: CPU time / threads is what an idle
 machine would show.
@@ -222,6 +223,50 @@ def write_grid(path: Path, max_coc_px: float = 24.0) -> Path:
     return path
 
 
+def write_synthetic_gallery(path: Path, rows: int = 3, size: int = 256, max_coc_px: float = 16.0) -> Path:
+    """Synthetic scenes: AIF | disparity | subject mask | layered ground truth | single-image renderers.
+
+    The last two columns render the same AIF + disparity as a photo would be rendered: they cannot see the content
+    hidden behind the objects, which the layered ground truth uses for partial occlusion.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    generator_of_scenes = SyntheticSceneGenerator(size, size)
+    titles = ["all-in-focus", "disparity", "subject mask", "ground truth (layers)", "render_bokeh layered", "scatter"]
+    figure, axes = plt.subplots(rows, len(titles), figsize=(2.6 * len(titles), 2.7 * rows), squeeze=False)
+    for row in range(rows):
+        scene = generator_of_scenes(torch.Generator().manual_seed(100 + row))
+        # Focus alternately on the background and on the subject, at K = 32.
+        focus = scene.meta["subject_disparity"] if row % 2 == 0 else float(scene.layer_disparity[0].median())
+        blur = blur_px_for_K(32, max_coc_px)
+        photo = (scene.image[None], scene.disparity[None], focus, blur)
+        pictures = [
+            scene.image,
+            scene.disparity,
+            scene.subject_mask.float(),
+            render_scene(scene, focus, blur),
+            render_bokeh(*photo, method="layered")[0],
+            render_bokeh(*photo, method="scatter")[0],
+        ]
+        for column, (axis, picture) in enumerate(zip(axes[row], pictures)):
+            if picture.shape[0] == 1:
+                axis.imshow(picture[0].numpy(), cmap="magma" if column == 1 else "gray", vmin=0.0, vmax=1.0)
+            else:
+                axis.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+            axis.set_title(titles[column] if row == 0 else "", fontsize=10)
+            axis.axis("off")
+    figure.suptitle(f"Synthetic layered scenes, {size}×{size}, K = 32, max_coc_px = {max_coc_px:g}", fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=80)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/benchmark.py renderer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1024)
@@ -231,8 +276,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--crop", type=int, default=48, help="side of the crop the brute-force reference renders")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--synthetic-scenes", type=int, default=5)
-    parser.add_argument("--grid", type=Path, default=GRID_PATH, help="where to write the README picture")
-    parser.add_argument("--no-grid", action="store_true")
+    parser.add_argument("--grid", type=Path, default=GRID_PATH, help="README picture (the gallery goes beside it)")
+    parser.add_argument("--no-grid", action="store_true", help="skip both pictures")
     args = parser.parse_args(argv)
 
     thread_counts = sorted({1, torch.get_num_threads()})
@@ -243,5 +288,7 @@ def main(argv: list[str]) -> int:
     print("Synthetic training samples:")
     benchmark_synthetic((256, 512), args.synthetic_scenes, max_coc_px=24.0)
     if not args.no_grid:
-        print(f"Wrote {write_grid(args.grid)}")
+        print(f"Wrote {_with_threads(1, lambda: write_grid(args.grid))}")
+        gallery = args.grid.with_name("optics_synthetic.png")
+        print(f"Wrote {_with_threads(1, lambda: write_synthetic_gallery(gallery))}")
     return 0
