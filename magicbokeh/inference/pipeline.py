@@ -53,6 +53,30 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def merge_lora_adapters(model: object) -> int:
+    """Fold LoRA adapters into their base weights, ``W ← W + (α/r)·B·A``, for faster inference; returns the count.
+
+    Uses the model's own ``merge_lora()`` when it has one; otherwise merges every peft ``LoraLayer`` (the SR and
+    VAE-encoder adapters). FAMA's bokeh branch is not a weight delta (it attends with its own masked softmax), so
+    it stays as it is. Inference only: merged weights can no longer be trained or saved as adapters.
+    """
+    own = getattr(model, "merge_lora", None)
+    if callable(own):
+        own()
+        logger.info("LoRA adapters merged by %s.merge_lora()", type(model).__name__)
+        return -1
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, torch.nn.Module) else []
+    for layer in layers:
+        layer.merge()
+    if layers:
+        logger.info("merged %d peft LoRA layers into their base weights", len(layers))
+    else:
+        logger.warning("merge_lora requested but %s has no LoRA layers; running as is", type(model).__name__)
+    return len(layers)
+
+
 def _model_device(model: object) -> torch.device:
     parameters = getattr(model, "parameters", None)
     if parameters is not None:
@@ -256,7 +280,7 @@ class MagicBokehPipeline(BokehPipeline):
         tile_batch_size: tiles per network call (memory vs. throughput).
         device: where the network runs (default: where its parameters are).
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
-        merge_lora: fold LoRA adapters into the base weights once (faster; only if the model offers ``merge_lora``).
+        merge_lora: fold the peft LoRA adapters into the base weights once (faster; see :func:`merge_lora_adapters`).
         progress: tqdm bar over tiles.
     """
 
@@ -284,16 +308,10 @@ class MagicBokehPipeline(BokehPipeline):
         check_tiling(tile_size, tile_stride, self.model_stride)
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.dtype = resolve_dtype(precision, self.device)
+        if merge_lora:
+            merge_lora_adapters(model)  # before the dtype cast: W + s·BA is summed in the checkpoint's precision
         if isinstance(model, torch.nn.Module):
             model = model.to(device=self.device, dtype=self.dtype).eval()
-        if merge_lora:
-            merge = getattr(model, "merge_lora", None)
-            if merge is None:
-                name = type(model).__name__
-                logger.warning("merge_lora requested but %s has no merge_lora(); running unmerged", name)
-            else:
-                merge()
-                logger.info("LoRA adapters merged into the base weights")
         self.model = model
         self.tile_size, self.tile_stride = tile_size, tile_stride
         self.color_fix = color_fix

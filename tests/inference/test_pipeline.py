@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from magicbokeh.errors import ConfigError, InvalidInputError, ParameterError
-from magicbokeh.inference.pipeline import MagicBokehPipeline, resolve_dtype, upsample
+from magicbokeh.inference.pipeline import MagicBokehPipeline, merge_lora_adapters, resolve_dtype, upsample
 
 
 class PointwiseModel(torch.nn.Module):
@@ -132,16 +132,26 @@ def test_adain_default_fixes_a_global_tint():
     torch.testing.assert_close(out.mean(dim=(1, 2)), image.mean(dim=(1, 2)), atol=2e-3, rtol=0)
 
 
-def test_merge_lora_is_called_when_offered():
-    class Mergeable(PointwiseModel):
-        merged = False
+def test_merge_lora_folds_peft_adapters_without_changing_the_output():
+    from peft import LoraConfig, inject_adapter_in_model
 
-        def merge_lora(self):
-            self.merged = True
+    class Linear1x1(PointwiseModel):
+        def __init__(self):
+            super().__init__()
+            self.mix = torch.nn.Conv2d(3, 3, 1)
 
-    model = Mergeable()
-    MagicBokehPipeline(model, merge_lora=True, tile_size=64, tile_stride=32)
-    assert model.merged
+        def forward(self, images, defocus):
+            return torch.sigmoid(self.mix(images)) * (1 - 0.5 * defocus)
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["mix"]), Linear1x1())
+    torch.nn.init.normal_(model.mix.lora_B["default"].weight)  # a non-zero adapter, as after training
+    image, disparity = _image(), torch.rand(1, 40, 56)
+    unmerged = MagicBokehPipeline(model, tile_size=64, tile_stride=32, progress=False)(image, 0.5, 8, 1, disparity)
+    assert merge_lora_adapters(model) == 1 and model.mix.merged
+    merged = MagicBokehPipeline(model, tile_size=64, tile_stride=32, progress=False)(image, 0.5, 8, 1, disparity)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    assert merge_lora_adapters(PointwiseModel()) == 0  # nothing to merge: a warning, not an error
 
 
 def test_upsample_shrinks_with_antialiasing():
