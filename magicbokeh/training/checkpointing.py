@@ -20,7 +20,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,12 @@ class CheckpointManager:
         optimizers: Mapping[str, Any],
         schedulers: Mapping[str, Any],
         trainer_state: Mapping[str, Any],
+        write_extra: Callable[[Path], None] | None = None,
     ) -> Path:
         """Write checkpoint ``step`` atomically and prune old ones; returns its folder.
 
         ``optimizers``/``schedulers`` map a name to either the object (its ``state_dict()`` is taken) or a state
-        dict already.
+        dict already. ``write_extra(folder)`` may add files (e.g. an exported model) before the folder is published.
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         target = self.checkpoint_dir / checkpoint_name(step)
@@ -76,6 +77,8 @@ class CheckpointManager:
             torch.save({name: _state_dict(obj) for name, obj in optimizers.items()}, temp_dir / OPTIMIZERS_FILE)
             torch.save({name: _state_dict(obj) for name, obj in schedulers.items()}, temp_dir / SCHEDULERS_FILE)
             state = {"step": int(step), **trainer_state}
+            if write_extra is not None:
+                write_extra(temp_dir)
             (temp_dir / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
             if target.exists():  # re-saving a step (e.g. after a resume): swap the old folder out first
                 stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=self.checkpoint_dir))

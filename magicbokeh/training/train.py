@@ -1,0 +1,261 @@
+"""``train(cfg)``: build everything from the config once, run :class:`Trainer`, evaluate, save the final model.
+
+Entry point: ``python scripts/train.py experiment=smoke`` (one process) or ``accelerate launch scripts/train.py
+experiment=paper run_id=NAME`` (many; a fixed ``run_id`` gives every rank the same run directory).
+
+Run directory layout::
+
+    metrics.jsonl  wandb/  checkpoints/step_NNNNNN/  val/step_NNNNNN_<task>.png
+    init_eval.json       held-out scores of the model before training (its own initialisation)
+    final/               model.save_pretrained (what scripts/evaluate.py ckpt=... consumes)
+    final_eval.{json,md} PSNR/LPIPS per task: upsampled input vs initialisation vs trained
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from magicbokeh.errors import ConfigError
+from magicbokeh.training.base_pretrain import fit_autoencoder
+from magicbokeh.training.checkpointing import CheckpointManager
+from magicbokeh.training.data_streams import BatchStream
+from magicbokeh.training.defocus_source import DepthDefocus
+from magicbokeh.training.losses import ReconstructionLoss, build_lpips
+from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
+from magicbokeh.training.phases import PhaseSchedule, phase_for_step
+from magicbokeh.training.tracking import Tracker
+from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
+from magicbokeh.training.validation import Validator, write_final_report
+from magicbokeh.utils.cli import set_offline_defaults
+from magicbokeh.utils.files import atomic_write_text
+from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.seeding import seed_everything
+
+logger = get_logger(__name__)
+
+INIT_EVAL_FILE = "init_eval.json"
+FINAL_MODEL_DIR = "final"
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's output dir under ``@hydra.main``, else the composed ``hydra.run.dir``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    if "hydra" in cfg:
+        return Path(cfg.hydra.run.dir)
+    raise ConfigError("no run directory: call train() from scripts/train.py or compose with return_hydra_config")
+
+
+def settings_from_config(trainer_cfg: DictConfig) -> TrainerSettings:
+    """``configs/trainer/*.yaml`` → typed settings (the only place the trainer node is read)."""
+    schedule = PhaseSchedule.from_config(**OmegaConf.to_container(trainer_cfg.schedule, resolve=True))
+    phases = {
+        name: PhaseSettings(**OmegaConf.to_container(node, resolve=True)) for name, node in trainer_cfg.phases.items()
+    }
+    return TrainerSettings(
+        max_steps=int(trainer_cfg.max_steps),
+        schedule=schedule,
+        phases=phases,
+        grad_accum_steps=int(trainer_cfg.grad_accum_steps),
+        max_grad_norm=trainer_cfg.max_grad_norm,
+        log_every=int(trainer_cfg.log_every),
+        val_every=int(trainer_cfg.val_every),
+        checkpoint_every=int(trainer_cfg.checkpoint_every),
+    )
+
+
+def _build_accelerator(trainer_cfg: DictConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Each phase leaves the other groups without gradients: DDP must look for unused parameters (trainer.py).
+    return Accelerator(
+        mixed_precision=str(trainer_cfg.mixed_precision),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
+    """The datasets behind the scheduled phases' streams: ``bokeh``, ``sr`` and/or ``mixed`` (joint ablation)."""
+    datasets: dict[str, Any] = {}
+    if sources & {"bokeh", "mixed"}:
+        datasets["bokeh"] = instantiate(cfg.data.bokeh_train)
+    if sources & {"sr", "mixed"}:
+        datasets["sr"] = instantiate(cfg.data.sr_train)
+    if "mixed" in sources:
+        from magicbokeh.data.samplers import MixedTaskDataset
+
+        ratios = OmegaConf.to_container(cfg.trainer.mixed_ratio, resolve=True)
+        datasets["mixed"] = MixedTaskDataset(
+            {task: datasets[task] for task in ratios}, ratios, seed=int(cfg.seed), length=int(cfg.trainer.mixed_length)
+        )
+    unknown = sources - {"bokeh", "sr", "mixed"}
+    if unknown:
+        raise ConfigError(f"trainer.phases.*.data must be bokeh, sr or mixed, got {sorted(unknown)}")
+    return {name: datasets[name] for name in sources}
+
+
+def _final_evaluation(
+    validator: Validator, model: torch.nn.Module, device: torch.device, run_dir: Path, init_scores: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    columns = {
+        "upsampled input": validator.evaluate_upsampled_input(device),
+        "initialisation": init_scores,
+        "trained": validator.evaluate_model(model, device),
+    }
+    table = write_final_report(run_dir, columns, list(validator.datasets))
+    print(f"\nHeld-out synthetic set, PSNR (dB), higher is better:\n{table}\n(saved in {run_dir / 'final_eval.md'})")
+    return columns
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train the configured model; returns the final scores and the measured steps/s."""
+    set_offline_defaults()
+    run_dir = run_dir_of(cfg)
+    trainer_cfg = cfg.trainer
+    settings = settings_from_config(trainer_cfg)
+    accelerator = _build_accelerator(trainer_cfg)
+    seed_everything(int(cfg.seed))
+
+    if trainer_cfg.num_threads is not None:
+        # On a shared CPU, oversubscribed intra-op threads spin against each other; 1 thread is often faster.
+        torch.set_num_threads(int(trainer_cfg.num_threads))
+
+    # ---- objects, built once from the config
+    model = instantiate(cfg.model)
+    phases = settings.schedule.phases_used(settings.max_steps)
+    sources = {settings.phases[p].data for p in phases}
+    fit_base = trainer_cfg.base_pretrain.steps > 0 and cfg.resume is None
+    datasets = _training_datasets(cfg, sources | (set(trainer_cfg.base_pretrain.data) if fit_base else set()))
+    if fit_base:
+        # Before DDP wrapping, identically on every rank (same seed, same samples): see base_pretrain.py.
+        base_streams = [
+            BatchStream(datasets[name], int(trainer_cfg.base_pretrain.batch_size), seed=int(cfg.seed) + 1)
+            for name in trainer_cfg.base_pretrain.data
+        ]
+        model.to(accelerator.device)
+        fit_autoencoder(
+            model, base_streams, int(trainer_cfg.base_pretrain.steps), float(trainer_cfg.base_pretrain.lr),
+            accelerator.device,
+        )  # fmt: skip
+    for phase in phases:  # every scheduled group trainable now, so DDP registers it (see trainer.py)
+        for param in model.trainable_parameters(phase):
+            param.requires_grad_(True)
+    optimizer_cfg = OmegaConf.to_container(trainer_cfg.optimizer, resolve=True)
+    optimizers, schedulers = {}, {}
+    for phase in phases:
+        phase_steps = sum(phase_for_step(step, settings.schedule) == phase for step in range(settings.max_steps))
+        optimizers[phase] = build_optimizer(
+            model.trainable_parameters(phase), lr=settings.phases[phase].lr, **optimizer_cfg
+        )
+        schedulers[phase] = build_lr_scheduler(
+            optimizers[phase], settings.phases[phase].warmup_steps, str(trainer_cfg.lr_schedule), phase_steps
+        )
+    lpips_model = None
+    if any(settings.phases[p].lpips_weight > 0 for p in phases) or trainer_cfg.validation.lpips:
+        lpips_model = build_lpips(
+            str(trainer_cfg.loss.lpips_net), cfg.paths.torchvision_weights, bool(trainer_cfg.loss.random_backbone)
+        ).to(accelerator.device)
+    losses = {
+        phase: ReconstructionLoss(settings.phases[phase].l2_weight, settings.phases[phase].lpips_weight, lpips_model)
+        for phase in phases
+    }
+    defocus_depth = None
+    if trainer_cfg.defocus_depth is not None:
+        defocus_depth = DepthDefocus(instantiate(trainer_cfg.defocus_depth, device=accelerator.device))
+
+    prepared = accelerator.prepare(model, *optimizers.values())
+    model, optimizers = prepared[0], dict(zip(optimizers, prepared[1:]))
+    streams = {
+        name: BatchStream(
+            dataset,
+            int(cfg.data.batch_size),
+            seed=int(cfg.seed),
+            num_workers=int(cfg.data.num_workers),
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
+        for name, dataset in datasets.items()
+        if name in sources
+    }
+    validation_cfg = trainer_cfg.validation
+    validator = Validator(
+        {"bokeh": instantiate(cfg.data.val_bokeh), "sr": instantiate(cfg.data.val_sr)},
+        batch_size=int(validation_cfg.batch_size),
+        out_dir=run_dir / "val",
+        lpips_model=lpips_model if validation_cfg.lpips else None,
+        grid_rows=int(validation_cfg.grid_rows),
+    )
+    tracker = Tracker(
+        run_dir,
+        OmegaConf.to_container(cfg.logger, resolve=True),
+        OmegaConf.to_container(cfg, resolve=True),
+        accelerator.is_main_process,
+    )
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=int(trainer_cfg.keep_last))
+    trainer = Trainer(
+        accelerator=accelerator,
+        model=model,
+        streams=streams,
+        losses=losses,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        settings=settings,
+        tracker=tracker,
+        checkpoints=checkpoints,
+        validator=validator,
+        defocus_depth=defocus_depth,
+    )
+
+    # ---- resume, or score the initialisation
+    if cfg.resume is not None:
+        resume_from = checkpoints.latest() if str(cfg.resume) == "latest" else Path(str(cfg.resume))
+        if resume_from is None:
+            raise ConfigError(f"resume=latest but {checkpoints.checkpoint_dir} holds no checkpoint yet")
+        trainer.resume(resume_from)
+    unwrapped = accelerator.unwrap_model(model)
+    init_scores = _initial_scores(trainer, validator, unwrapped, accelerator, run_dir)
+
+    # ---- train
+    started = time.perf_counter()
+    first_step = trainer.step
+    trainer.fit()
+    steps_per_s = (trainer.step - first_step) / max(time.perf_counter() - started, 1e-9)
+
+    # ---- save and evaluate
+    results: dict[str, Any] = {"steps_per_s": steps_per_s, "run_dir": str(run_dir)}
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(run_dir / FINAL_MODEL_DIR)
+        logger.info("final model saved to %s", run_dir / FINAL_MODEL_DIR)
+        results["scores"] = _final_evaluation(validator, unwrapped, accelerator.device, run_dir, init_scores)
+        tracker.log({f"final/{k}": v for k, v in results["scores"]["trained"].items()}, trainer.step)
+    accelerator.wait_for_everyone()
+    tracker.close()
+    accelerator.end_training()
+    return results
+
+
+def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> dict[str, float]:
+    """Held-out scores of the untrained model, computed once per run directory and kept in ``init_eval.json``."""
+    path = run_dir / INIT_EVAL_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    scores: dict[str, float] = {}
+    if accelerator.is_main_process:
+        if trainer.step != 0:
+            logger.warning("resumed without %s: the initialisation column will be empty", path)
+        else:
+            scores = validator.evaluate_model(model, accelerator.device, step=0)
+            atomic_write_text(path, json.dumps(scores, indent=1))
+            trainer.tracker.log({f"val/{k}": v for k, v in scores.items()}, 0)
+    accelerator.wait_for_everyone()
+    return scores

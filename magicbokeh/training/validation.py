@@ -1,0 +1,131 @@
+"""Validation on a fixed held-out set: PSNR (and LPIPS) per task, an image grid, and the final comparison table.
+
+The held-out sets are the data config's ``val_bokeh`` / ``val_sr`` datasets, seeded per sample, so every
+validation pass (and every run with the same config) sees exactly the same images. Validation runs on the main
+process only: the sets are small, and the model is unwrapped so no collective call is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from magicbokeh.data.io import images_to_pixel_values, write_image
+from magicbokeh.training.data_streams import collate_samples
+from magicbokeh.utils.files import atomic_write_text
+from magicbokeh.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB on RGB in [0, 1]: 10·log10(1 / MSE); shape ``B``."""
+    mse = (images.float().clamp(0, 1) - targets.float()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def upsampled_input(lq_images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The classical baseline: the LQ input bicubic-upsampled to the target size (unchanged if already there)."""
+    if tuple(lq_images.shape[-2:]) == tuple(size):
+        return lq_images
+    return F.interpolate(lq_images, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class Validator:
+    """Score a model on fixed held-out sets, one per task (``{"bokeh": dataset, "sr": dataset}``)."""
+
+    def __init__(
+        self,
+        datasets: Mapping[str, Dataset],
+        batch_size: int,
+        out_dir: str | os.PathLike,
+        lpips_model: nn.Module | None = None,
+        grid_rows: int = 4,
+    ) -> None:
+        self.datasets = dict(datasets)
+        self.batch_size = int(batch_size)
+        self.out_dir = Path(out_dir)
+        self.lpips_model = lpips_model
+        self.grid_rows = int(grid_rows)
+
+    def _batches(self, task: str):
+        loader = DataLoader(self.datasets[task], batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
+        yield from loader
+
+    @torch.no_grad()
+    def _score(self, predict, task: str, device: torch.device) -> tuple[dict[str, float], torch.Tensor | None]:
+        psnrs, lpips_values, rows = [], [], []
+        for batch in self._batches(task):
+            lq = batch["lq"].to(device)
+            target = batch["target"].to(device)
+            output = predict(lq, batch["defocus"].to(device), target.shape[-2:]).float().clamp(0, 1)
+            psnrs.append(psnr(output, target).cpu())
+            if self.lpips_model is not None:
+                self.lpips_model.to(device)
+                lpips_values.append(
+                    self.lpips_model(images_to_pixel_values(output), images_to_pixel_values(target)).flatten().cpu()
+                )
+            if sum(len(r) for r in rows) < self.grid_rows:
+                shown = upsampled_input(lq, target.shape[-2:])
+                rows.append(torch.cat([shown, output, target], dim=-1)[: self.grid_rows].cpu())
+        metrics = {"psnr": torch.cat(psnrs).mean().item()}
+        if lpips_values:
+            metrics["lpips"] = torch.cat(lpips_values).mean().item()
+        grid = torch.cat(rows)[: self.grid_rows] if rows else None
+        return metrics, grid
+
+    def evaluate_model(self, model: nn.Module, device: torch.device, step: int | None = None) -> dict[str, float]:
+        """``{"<task>/psnr": …, "<task>/lpips": …}``; with ``step`` also writes ``val/step_N_<task>.png`` grids."""
+        was_training = model.training
+        model.eval()
+        results = {}
+        try:
+            for task in self.datasets:
+                metrics, grid = self._score(lambda lq, defocus, size: model(lq, defocus), task, device)
+                results.update({f"{task}/{name}": value for name, value in metrics.items()})
+                if step is not None and grid is not None:
+                    # One image per task: rows of (input | output | target), stacked vertically.
+                    write_image(self.grid_path(task, step), torch.cat(list(grid), dim=-2))
+        finally:
+            model.train(was_training)
+        return results
+
+    def evaluate_upsampled_input(self, device: torch.device) -> dict[str, float]:
+        """Scores of the bicubic-upsampled LQ input itself (the "do nothing" baseline)."""
+        results = {}
+        for task in self.datasets:
+            metrics, _ = self._score(lambda lq, defocus, size: upsampled_input(lq, size), task, device)
+            results.update({f"{task}/{name}": value for name, value in metrics.items()})
+        return results
+
+    def grid_path(self, task: str, step: int) -> Path:
+        return self.out_dir / f"step_{step:06d}_{task}.png"
+
+
+def comparison_table(columns: Mapping[str, Mapping[str, float]], tasks: list[str], metric: str = "psnr") -> str:
+    """A Markdown table: one row per task, one column per evaluated model (e.g. input / init / trained)."""
+    names = list(columns)
+    lines = [
+        f"| task ({metric}) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for task in tasks:
+        cells = [f"{columns[name].get(f'{task}/{metric}', float('nan')):.2f}" for name in names]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_final_report(run_dir: str | os.PathLike, columns: Mapping[str, Mapping[str, float]], tasks: list[str]) -> str:
+    """Write ``final_eval.json`` + ``final_eval.md`` in the run directory and return the Markdown table."""
+    run_dir = Path(run_dir)
+    table = comparison_table(columns, tasks)
+    atomic_write_text(run_dir / "final_eval.json", json.dumps({k: dict(v) for k, v in columns.items()}, indent=1))
+    atomic_write_text(run_dir / "final_eval.md", table + "\n")
+    return table

@@ -1,0 +1,29 @@
+"""Train MagicBokeh with the alternating bokeh/SR strategy (configs/train.yaml).
+
+python scripts/train.py experiment=smoke                      # CPU, tiny model, synthetic data, minutes
+python scripts/train.py experiment=paper paths.sd21=/path/to/stable-diffusion-2-1-base
+accelerate launch scripts/train.py experiment=paper run_id=paper1           # many GPUs, one run directory
+python scripts/train.py experiment=paper run_id=paper1 resume=latest        # continue an interrupted run
+python scripts/train.py -m experiment=ablation_no_fama,ablation_joint,ablation_no_da_depth,sr_only,bokeh_only
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
+
+set_offline_defaults()
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from magicbokeh.training.train import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
