@@ -56,8 +56,8 @@ def as_aperture(aperture: str | ApertureSpec | Mapping) -> ApertureSpec:
 
 
 def kernel_half_size(radius_px: float) -> int:
-    """Half width of the kernel grid: pixels farther than ``radius + 0.5`` from the centre get no coverage."""
-    return math.floor(radius_px + 0.5)
+    """Half width of the kernel grid: only pixels closer than ``radius + 0.5`` to the centre get coverage."""
+    return math.ceil(radius_px + 0.5) - 1
 
 
 def aperture_kernel(
@@ -69,7 +69,7 @@ def aperture_kernel(
 ) -> torch.Tensor:
     """Normalised ``(2h+1)×(2h+1)`` kernel of the aperture scaled to circle-of-confusion radius ``radius_px``.
 
-    ``h = floor(radius + 0.5)``; radius < 0.5 gives the 1×1 identity kernel. The kernel sums to 1 (energy is
+    ``h = ceil(radius + 0.5) − 1``; radius ≤ 0.5 gives the 1×1 identity kernel. The kernel sums to 1 (energy is
     conserved in linear light) and is centred on the middle pixel.
     """
     radius = float(radius_px)

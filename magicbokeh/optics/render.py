@@ -44,6 +44,9 @@ LOWRES_RADIUS = 6.0
 """Smallest radius (pixels, at the reduced resolution) a large circle of confusion is blurred at."""
 MIN_STEP_PX = 0.25
 """Slices closer than this in radius bring no visible accuracy; fewer slices are used when the blur is small."""
+SHARP_RADIUS_PX = 0.5
+"""Kernels below this radius are the identity; a slice at exactly this radius next to the focal plane keeps every
+pixel whose circle of confusion is under half a pixel exactly sharp, whatever the spacing of the other slices."""
 _LINEAR_FLOOR = 1e-12
 """Linear-light values below this map to 0 in the inverse gamma (error ≤ 4e-6 at γ = 2.2; keeps gradients finite)."""
 
@@ -242,16 +245,17 @@ def _render_sliced_photo(
 ) -> torch.Tensor:
     """One photo sliced in disparity, layers composited back to front, normalised by the accumulated alpha."""
     d_min, d_max = float(disparity.min()), float(disparity.max())
-    positions, step = _slice_grid(d_min, d_max, focus, blur, num_layers)
+    positions = _slice_grid(d_min, d_max, focus, blur, num_layers)
     pad = _margin(blur * max(abs(d_max - focus), abs(d_min - focus)), downsample)
     linear, disparity = _pad_canvas(linear, pad), _pad_canvas(disparity, pad)
     extent = _Extent(disparity)
     # Colour and alpha travel together as premultiplied RGBA: source = (L, 1) scaled by each slice's alpha.
     source = torch.cat([linear, torch.ones_like(disparity)])
     total = torch.zeros_like(source)
-    for position in positions:  # ascending disparity = back to front
+    for index, position in enumerate(positions):  # ascending disparity = back to front
         radius = blur * abs(position - focus)
-        box = extent.box(position - step, position + step, _margin(radius, downsample))
+        lower, upper = _neighbours(positions, index)
+        box = extent.box(lower, upper, _margin(radius, downsample))
         if box is None:
             continue
         window = (slice(None), slice(box[0], box[1]), slice(box[2], box[3]))
@@ -259,12 +263,9 @@ def _render_sliced_photo(
         # Soft slicing turned into over-compositing alphas. With tent weights w_k, slice k gets
         # α_k = w_k / Σ_{j≤k} w_j, so a pixel shared by slices k and k+1 (weights 1−w, w) is opaque in slice k and the
         # two slices reproduce it exactly instead of letting farther slices show through. On a uniform grid this is
-        # a ramp up to 1 at t_k, 1 on [t_k, t_{k+1}) and 0 from t_{k+1} on.
-        if math.isinf(step):
-            layer_alpha = torch.ones_like(depth)
-        else:
-            ramp = (1.0 - (position - depth) / step).clamp(0.0, 1.0)
-            layer_alpha = torch.where(depth < position + step, ramp, torch.zeros_like(ramp))
+        # the rising half of the tent up to t_k, 1 on (t_k, t_{k+1}) and 0 from t_{k+1} on.
+        rising = (1.0 - (position - depth) / (position - lower)).clamp(0.0, 1.0)
+        layer_alpha = torch.where(depth <= position, rising, (depth < upper).to(depth.dtype))
         blurred = _blur_region(layer_alpha * source[window], radius, spec, downsample)
         total = _paste(total, blurred + (1.0 - blurred[3:]) * total[window], box)
     height, width = _height(linear, pad), _width(linear, pad)
@@ -278,20 +279,18 @@ def _render_scatter(
     r_max = float(radius.max())
     pad = _margin(r_max, downsample)
     linear, radius = _pad_canvas(linear, pad), _pad_canvas(radius, pad)
-    if r_max < MIN_STEP_PX / 2:
-        positions, step = [0.0], math.inf
-    else:
-        step = max(r_max / (num_layers - 2), MIN_STEP_PX)
-        positions = [j * step for j in range(math.ceil(r_max / step) + 1)]
+    positions = _slice_grid(0.0, r_max, 0.0, 1.0, num_layers)
     extent = _Extent(radius)
     source = torch.cat([linear, torch.ones_like(radius)])
     total = torch.zeros_like(source)
-    for position in positions:
-        box = extent.box(position - step, position + step, _margin(position, downsample))
+    for index, position in enumerate(positions):
+        lower, upper = _neighbours(positions, index)
+        box = extent.box(lower, upper, _margin(position, downsample))
         if box is None:
             continue
         window = (slice(None), slice(box[0], box[1]), slice(box[2], box[3]))
-        blurred = _blur_region(_tent(radius[window], position, step) * source[window], position, spec, downsample)
+        weight = _tent(radius[window], position, lower, upper)
+        blurred = _blur_region(weight * source[window], position, spec, downsample)
         total[window] += blurred
     height, width = _height(linear, pad), _width(linear, pad)
     out = _unpremultiply(total[:3], total[3:])
@@ -362,15 +361,17 @@ def _render_layer_stack(
         source = torch.cat([layer_alpha * _pad_canvas(linear[layer], pad), layer_alpha])  # premultiplied RGBA
         depth = _pad_canvas(maps[layer], pad)
         extent = _Extent(depth, layer_alpha > 0)
-        positions, step = _slice_grid(span[0], span[1], focus, blur, max_sublayers)
+        positions = _slice_grid(span[0], span[1], focus, blur, max_sublayers)
         blurred_layer = torch.zeros_like(source)
-        for position in positions:
+        for index, position in enumerate(positions):
             radius = blur * abs(position - focus)
-            box = extent.box(position - step, position + step, _margin(radius, downsample))
+            lower, upper = _neighbours(positions, index)
+            box = extent.box(lower, upper, _margin(radius, downsample))
             if box is None:
                 continue
             window = (slice(None), slice(box[0], box[1]), slice(box[2], box[3]))
-            blurred = _blur_region(_tent(depth[window], position, step) * source[window], radius, spec, downsample)
+            weight = _tent(depth[window], position, lower, upper)
+            blurred = _blur_region(weight * source[window], radius, spec, downsample)
             blurred_layer[window] += blurred  # in-place add into a fresh buffer: autograd-safe, no copy
         # Sub-slices of one layer with different radii can pile up above full coverage; rescale to alpha ≤ 1.
         blurred_layer = blurred_layer / blurred_layer[3:].clamp_min(1.0)
@@ -379,26 +380,41 @@ def _render_layer_stack(
     return _unpremultiply(total[:3], total[3:])[..., pad : pad + height, pad : pad + width]
 
 
-def _slice_grid(lo: float, hi: float, focus: float, blur: float, max_slices: int) -> tuple[list[float], float]:
-    """Slice disparities ``anchor + k·Δ`` covering [lo, hi], at most ``max_slices`` of them.
+def _slice_grid(lo: float, hi: float, focus: float, blur: float, max_slices: int) -> list[float]:
+    """Ascending slice disparities covering [lo, hi], at most ``max_slices`` of them.
 
-    The anchor is the focus clamped to [lo, hi]: a slice lies exactly on the focal plane when the content reaches it
-    (so in-focus pixels get radius 0), and a constant-disparity layer gets one slice at its own disparity. The
-    spacing Δ is the smallest that fits the cap, but never finer than :data:`MIN_STEP_PX` in radius.
+    A uniform grid ``anchor + k·Δ`` with the anchor at the focus clamped to [lo, hi]: a slice lies exactly on the
+    focal plane when the content reaches it (radius 0), and a constant-disparity layer gets one slice at its own
+    disparity. Δ is the smallest spacing that fits the cap, never finer than :data:`MIN_STEP_PX` in radius. When the
+    focal plane is on the grid, slices at radius :data:`SHARP_RADIUS_PX` on either side are added, so pixels whose
+    circle of confusion is under half a pixel stay exactly sharp instead of borrowing from the first blurred slice.
     """
     anchor = min(max(focus, lo), hi)
     below, above = anchor - lo, hi - anchor
     if blur * (hi - lo) < MIN_STEP_PX / 2:
-        return [anchor], math.inf
-    step = max((hi - lo) / (max_slices - 3), MIN_STEP_PX / blur)
-    return [anchor + k * step for k in range(-math.ceil(below / step), math.ceil(above / step) + 1)], step
+        return [anchor]
+    sharp = SHARP_RADIUS_PX / blur
+    step = max((hi - lo) / (max_slices - 5), MIN_STEP_PX / blur)
+    positions = [anchor + k * step for k in range(-math.ceil(below / step), math.ceil(above / step) + 1)]
+    if anchor == focus and step > sharp:
+        positions += [anchor - sharp] if below > 0 else []
+        positions += [anchor + sharp] if above > 0 else []
+    return sorted(positions)
 
 
-def _tent(values: torch.Tensor, position: float, step: float) -> torch.Tensor:
-    """Linear interpolation weight of ``values`` to the grid point ``position`` (weights of a grid sum to 1)."""
-    if math.isinf(step):
-        return torch.ones_like(values)
-    return (1.0 - (values - position).abs() / step).clamp_min(0.0)
+def _neighbours(positions: list[float], index: int) -> tuple[float, float]:
+    """The slice positions on either side of ``positions[index]`` (±inf at the ends of the grid)."""
+    lower = positions[index - 1] if index > 0 else -math.inf
+    upper = positions[index + 1] if index + 1 < len(positions) else math.inf
+    return lower, upper
+
+
+def _tent(values: torch.Tensor, position: float, lower: float, upper: float) -> torch.Tensor:
+    """Linear-interpolation weight of ``values`` to the grid point ``position`` between its neighbours ``lower`` and
+    ``upper`` (a grid's weights sum to 1; beyond the end slices the weight stays 1)."""
+    rising = 1.0 - (position - values) / (position - lower)
+    falling = 1.0 - (values - position) / (upper - position)
+    return torch.where(values <= position, rising, falling).clamp(0.0, 1.0)
 
 
 def _lowres_scale(radius: float, downsample: bool) -> int:
@@ -490,8 +506,8 @@ def _check_images(tensor: torch.Tensor, name: str, *, channels: int) -> None:
 def _check_settings(gamma: float, num_layers: int) -> None:
     if not (math.isfinite(gamma) and gamma > 0):
         raise ParameterError(f"gamma must be a positive number (2.2 is standard), got {gamma}")
-    if int(num_layers) != num_layers or num_layers < 4:
-        raise ParameterError(f"the number of layers/slices must be an integer ≥ 4, got {num_layers}")
+    if int(num_layers) != num_layers or num_layers < 6:
+        raise ParameterError(f"the number of layers/slices must be an integer ≥ 6, got {num_layers}")
 
 
 def _per_sample_floats(value: float | torch.Tensor, batch: int, name: str) -> list[float]:

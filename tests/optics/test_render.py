@@ -136,6 +136,7 @@ def test_in_focus_plane_is_unchanged(method):
     assert (out - image).abs().max() < 1e-5
     disparity = torch.full((1, 1, 30, 30), 0.6)
     disparity[..., :6, :] = 0.2  # a strip behind, blurred with radius 12.8 px: it reaches row 18 at most
+    disparity[..., 25:, :] = 0.595  # circle of confusion 0.16 px: still sharp, though slices are 1.6 px apart
     out = render_bokeh(image, disparity, 0.6, 32.0, method=method)
     assert (out - image)[..., 20:, :].abs().max() < 1e-5
     assert (out - image)[..., :6, :].abs().mean() > 0.05
