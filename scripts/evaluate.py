@@ -7,8 +7,10 @@ python scripts/evaluate.py run_id=ebb stages=[score,report] metrics=paper       
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 
@@ -22,7 +24,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from magicbokeh.data.benchmark_index import load_benchmark_index
+    from magicbokeh.data.benchmark_index import INDEX_NAME, load_benchmark_index
+    from magicbokeh.data.builders import build_synthetic_benchmark
     from magicbokeh.evaluation.baselines import MODEL_METHODS, build_method
     from magicbokeh.evaluation.evaluate import run_evaluation
     from magicbokeh.models import MagicBokehModel
@@ -40,10 +43,14 @@ def main(cfg: DictConfig) -> None:
         if skipped:
             logger.warning("no ckpt given: skipping %s", ", ".join(skipped))
         names = [name for name in names if name not in MODEL_METHODS]
-    # The renderer group may be a plain settings node (name = method) or an instantiable BokehRenderer.
-    renderer = instantiate(cfg.renderer) if "_target_" in cfg.renderer else BokehRenderer(method=cfg.renderer.name)
+    renderer = instantiate(cfg.renderer)
+    root = Path(cfg.benchmark.root)
+    if not (root / INDEX_NAME).is_file() and cfg.benchmark.get("build") is not None:
+        settings = OmegaConf.to_container(cfg.benchmark.build, resolve=True)
+        logger.info("benchmark %s not found at %s: building it (%s)", cfg.benchmark.name, root, settings)
+        build_synthetic_benchmark(root, instantiate(cfg.degradation), **settings)
     # Baselines must blur at the scale the benchmark's targets were rendered at (its builder records max_coc_px).
-    header, _ = load_benchmark_index(cfg.benchmark.root)
+    header, _ = load_benchmark_index(root)
     benchmark_coc = header.get("meta", {}).get("max_coc_px")
     if benchmark_coc is not None and isinstance(renderer, BokehRenderer) and renderer.max_coc_px != benchmark_coc:
         logger.info("renderer max_coc_px %g -> %g (from the benchmark's index)", renderer.max_coc_px, benchmark_coc)
@@ -52,7 +59,7 @@ def main(cfg: DictConfig) -> None:
         build_method(name, model=model, renderer=renderer, sample_posterior=cfg.sample_posterior) for name in names
     ]
     run_evaluation(
-        cfg.benchmark.root,
+        root,
         HydraConfig.get().runtime.output_dir,
         methods,
         list(cfg.metrics.names),
