@@ -164,3 +164,17 @@ def test_measures_against_hand_computation():
     K, sharp, scene = [0, 16, 32] * 2, [3.0, 2.0, 1.0, 30.0, 20.0, 10.0], ["a"] * 3 + ["b"] * 3
     assert controllability(K, sharp) > -0.5
     assert controllability(K, sharp, scene) == pytest.approx(-1.0)
+
+
+def test_run_evaluation_checks_stages_and_clean_input_uses_hq(benchmark, tmp_path):
+    from magicbokeh.evaluation.evaluate import run_evaluation
+
+    with pytest.raises(ConfigError, match="unknown stage"):
+        run_evaluation(benchmark, tmp_path / "run", [], ["psnr"], stages=["predict", "plot"])
+    with pytest.raises(ConfigError, match="needs the score stage"):
+        run_evaluation(benchmark, tmp_path / "run", [build_method("bicubic")], ["psnr"], stages=["predict", "report"])
+    _, samples = runner.load_samples(benchmark, max_samples=1)
+    clean = runner.load_sample(samples[0], "hq")
+    degraded = runner.load_sample(samples[0], "lq")
+    assert clean.images.shape == degraded.images.shape == (1, 3, SIZE, SIZE)
+    assert not torch.equal(clean.images, degraded.images)
