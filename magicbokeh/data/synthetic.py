@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from magicbokeh.data.io import list_images, read_image
-from magicbokeh.errors import DatasetError, MagicBokehError
+from magicbokeh.errors import DatasetError, InvalidInputError, ParameterError
 from magicbokeh.optics.aperture import ApertureSpec
 from magicbokeh.optics.render import render_layers
 
@@ -84,12 +84,12 @@ class SyntheticSceneGenerator:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if height < 16 or width < 16:
-            raise MagicBokehError(f"synthetic scenes need at least 16×16 pixels, got {height}×{width}")
+            raise ParameterError(f"synthetic scenes need at least 16×16 pixels, got {height}×{width}")
         low, high = num_objects
         if not (1 <= low <= high):
-            raise MagicBokehError(f"num_objects must be a range (low, high) with 1 ≤ low ≤ high, got {num_objects}")
+            raise ParameterError(f"num_objects must be a range (low, high) with 1 ≤ low ≤ high, got {num_objects}")
         if not (0 <= background_disparity[0] <= background_disparity[1] < object_disparity[0] <= object_disparity[1]):
-            raise MagicBokehError(
+            raise ParameterError(
                 "disparity ranges must satisfy 0 ≤ background low ≤ background high < object low ≤ object high, got "
                 f"background {background_disparity} and objects {object_disparity}"
             )
@@ -174,17 +174,16 @@ class SyntheticSceneGenerator:
     # ----------------------------------------------------------------------------------------------------------------
     def _subject(self, rand: _Random, alphas: torch.Tensor, min_fraction: float = 0.01) -> tuple[int, torch.Tensor]:
         """A random object whose visible part (composited coverage > 0.5) covers ≥ ``min_fraction`` of the frame;
-        the front object (never occluded) as a fallback."""
+        otherwise the front object, which nothing occludes and whose centre (inside the frame) is always opaque."""
         count = alphas.shape[0] - 1
-        candidate = rand.integer(1, count)
-        for index in (candidate, count):
-            coverage = alphas[index]
-            for front in range(index + 1, alphas.shape[0]):
-                coverage = coverage * (1 - alphas[front])
-            mask = coverage > 0.5
-            if mask.float().mean() >= min_fraction or (index == count and mask.any()):
-                return index, mask
-        raise MagicBokehError("internal error: the front object of a synthetic scene is not visible")
+        index = rand.integer(1, count)
+        coverage = alphas[index]
+        for front in range(index + 1, alphas.shape[0]):
+            coverage = coverage * (1 - alphas[front])
+        mask = coverage > 0.5
+        if mask.float().mean() >= min_fraction:
+            return index, mask
+        return count, alphas[count] > 0.5
 
     def _background_disparity(self, rand: _Random, surface: str) -> torch.Tensor:
         """A plane ``a + g·(p − c)`` (slanted) or a paraboloid-like bowl (curved), fitted into the background range."""
@@ -356,7 +355,7 @@ class _Random:
 
     def __init__(self, generator: torch.Generator) -> None:
         if not isinstance(generator, torch.Generator):
-            raise MagicBokehError(f"pass a torch.Generator (seeded per sample), got {type(generator).__name__}")
+            raise InvalidInputError(f"pass a torch.Generator (seeded per sample), got {type(generator).__name__}")
         self.generator = generator
 
     def uniform(self, low: float, high: float) -> float:
