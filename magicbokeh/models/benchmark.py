@@ -169,7 +169,7 @@ def print_full_forward_result(result: dict, device: torch.device, dtype: torch.d
     print(
         f"\nSD2.1-base-sized MagicBokeh (random weights, {result['parameters'] / 1e6:.0f} M parameters, "
         f"built in {result['build_seconds']:.1f} s), one {result['size']}×{result['size']} tile on {device} "
-        f"({dtype}, {torch.get_num_threads()} CPU threads), warm median:"
+        f"({dtype}, {torch.get_num_threads()} CPU threads), median after a warm-up encode + UNet pass:"
     )
     for name, seconds in result["seconds"].items():
         print(f"  {name:<20}{seconds:>9.2f} s")
@@ -177,7 +177,9 @@ def print_full_forward_result(result: dict, device: torch.device, dtype: torch.d
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.py model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 1024], help="attention sizes (squares)")
+    parser.add_argument(
+        "--tokens", type=int, nargs="*", default=[4096, 1024], help="attention sizes (squares; none: skip)"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median) after one warm-up")
     parser.add_argument("--size", type=int, default=512, help="tile size of the full forward")
