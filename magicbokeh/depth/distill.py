@@ -18,8 +18,7 @@ Loss (per batch; weights in ``configs/depth.yaml`` → ``distill``)::
 The paper's exact loss forms, layers and weights are not public (REFERENCE §7.7); these are our choices.
 
 Data contract: the dataset yields dicts with ``clean`` and ``degraded`` (``3×H×W`` [0, 1]) and, optionally,
-``disparity`` (``1×H×W`` ground truth, e.g. synthetic scenes), which enables the ground-truth metrics and the
-teacher warm-up described in :func:`train_depth`.
+``disparity`` (``1×H×W`` ground truth, e.g. synthetic scenes), which enables the ground-truth metrics.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from magicbokeh.depth.metrics import disparity_metrics
-from magicbokeh.depth.model import DepthForward, DepthModel, load_depth_weights
+from magicbokeh.depth.model import DepthForward, DepthModel
 from magicbokeh.errors import ConfigError, DatasetError, MagicBokehError
 from magicbokeh.utils.logging import get_logger
 
@@ -45,7 +44,6 @@ logger = get_logger(__name__)
 
 GRADIENT_SCALES = 4
 STUDENT_FOLDER = "student"
-TEACHER_FOLDER = "teacher"
 RESULTS_FILE = "depth_results.json"
 # Relative metrics leave out reference disparities below this: a disparity's relative error is unbounded as it
 # approaches 0 (infinitely far), and min-max normalised maps reach 0 at their farthest pixel, so the farthest 10 %
@@ -199,35 +197,6 @@ def parameter_groups(student: DepthModel, lr: float, head_lr: float) -> list[dic
     return [{"params": encoder, "lr": lr}, {"params": decoder, "lr": head_lr}]
 
 
-def fit_teacher_to_ground_truth(
-    teacher: DepthModel, batches: Iterable[Mapping[str, Any]], steps: int, lr: float, device: torch.device
-) -> list[float]:
-    """Smoke runs only: fit a randomly initialised teacher to ground-truth disparity on *clean* images.
-
-    Without pretrained weights (CPU smoke run, tests) the teacher would be a random network whose output carries no
-    depth; a few hundred steps of L_ssi + L_grad against the synthetic scenes' exact disparity give it real (if
-    rough) depth to distil. With real Depth-Anything weights this is skipped (``teacher_warmup_steps: 0``).
-    """
-    teacher.train()
-    optimizer = torch.optim.AdamW([p for p in teacher.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    iterator = iter(batches)
-    for _ in tqdm(range(steps), desc="teacher warm-up", leave=False):
-        batch = next(iterator)
-        if "disparity" not in batch:
-            raise DatasetError("teacher warm-up needs ground-truth 'disparity' in the data (synthetic scenes)")
-        prediction = teacher(batch["clean"].to(device)).disparity
-        target = batch["disparity"].to(device)
-        target = F.interpolate(target, size=prediction.shape[-2:], mode="bilinear", align_corners=True)
-        loss = ssi_l1_loss(prediction, target) + 0.5 * gradient_matching_loss(prediction, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    freeze(teacher)
-    return losses
-
-
 def write_results(path: Path, results: Mapping[str, Any]) -> None:
     from magicbokeh.utils.files import atomic_write_text
 
@@ -240,7 +209,7 @@ def summary_lines(initial: Mapping[str, float], final: Mapping[str, float]) -> l
         "depth distillation — student on degraded input vs teacher on clean input (aligned, lower AbsRel is better):",
         f"  un-distilled student: AbsRel {final['undistilled/abs_rel']:.4f}  δ1 {final['undistilled/delta1']:.4f}",
         f"  distilled student   : AbsRel {final['student/abs_rel']:.4f}  δ1 {final['student/delta1']:.4f}"
-        f"  (at step 0: AbsRel {initial['student/abs_rel']:.4f})",
+        f"  (at the start of this run: AbsRel {initial['student/abs_rel']:.4f})",
     ]
     lines.append(f"  degradation gap closed: {100 * relative_improvement(final):.1f}% of the un-distilled AbsRel")
     if "gt/student/abs_rel" in final:
@@ -303,8 +272,6 @@ class DistillSettings:
     checkpoint_every: int = 500
     keep_last: int = 2
     num_workers: int = 0
-    teacher_warmup_steps: int = 0
-    teacher_warmup_lr: float = 1e-3
 
 
 def distill(
@@ -332,31 +299,14 @@ def distill(
     from magicbokeh.training.optim import build_lr_scheduler
     from magicbokeh.training.tracking import Tracker
 
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision)
     device = accelerator.device
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", settings.keep_last)
     resume_path = _resolve_resume(resume, checkpoints)
     eval_batches = _fixed_batches(eval_dataset, settings.batch_size, collate_samples)
 
-    teacher.to(device)
-    teacher_dir = run_dir / TEACHER_FOLDER
-    if settings.teacher_warmup_steps > 0:
-        if resume_path is not None:
-            # The warmed-up teacher of the run being resumed (<run>/checkpoints/step_N → <run>/teacher).
-            load_depth_weights(teacher.network, resume_path.parent.parent / TEACHER_FOLDER, "resume")
-            if accelerator.is_main_process and resume_path.parent.parent != run_dir:
-                teacher.save(teacher_dir)
-        else:
-            stream = BatchStream(train_dataset, settings.batch_size, seed=seed + 1)
-            losses = fit_teacher_to_ground_truth(
-                teacher, stream, settings.teacher_warmup_steps, settings.teacher_warmup_lr, device
-            )
-            logger.info("teacher warm-up: loss %.4f → %.4f", losses[0], losses[-1])
-            if accelerator.is_main_process:
-                teacher.save(teacher_dir)
-    freeze(teacher)
-
+    freeze(teacher.to(device))
     student = make_student(teacher)
     optimizer = torch.optim.AdamW(
         parameter_groups(student, settings.lr, settings.head_lr), weight_decay=settings.weight_decay

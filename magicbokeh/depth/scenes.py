@@ -2,9 +2,8 @@
 
 Why this lives here and not in ``data/``: :class:`magicbokeh.data.datasets.DepthDistillDataset` serves the
 (clean, degraded) pairs of the distillation contract and drops the scene's disparity; depth *evaluation* against
-ground truth (and the smoke run's teacher warm-up, see :func:`magicbokeh.depth.distill.fit_teacher_to_ground_truth`)
-needs that disparity too. This adds only that key on top of the shared scene generator and degradation; it reads
-no files. Real photos without ground truth go through ``DepthDistillDataset``.
+ground truth needs that disparity too. This adds only that key on top of the shared scene generator and
+degradation, and reads no files. Real photos without ground truth go through ``DepthDistillDataset``.
 """
 
 from __future__ import annotations

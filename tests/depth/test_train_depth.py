@@ -55,7 +55,6 @@ def test_cli_runs_and_prints_the_comparison(tmp_path):
             "experiment=depth_smoke",
             "run_id=cli",
             "distill.steps=4",
-            "distill.teacher_warmup_steps=2",
             "distill.eval_every=2",
             "distill.checkpoint_every=2",
             "data.train.length=8",
