@@ -164,3 +164,15 @@ def test_niqe_computes_offline_from_basicsr_params(tmp_path, no_network):
     niqe = get_metric("niqe", weights_dir=tmp_path)
     first, second = niqe(sharp), niqe(sharp)
     assert torch.isfinite(first).all() and first.item() > 0 and torch.equal(first, second)
+
+
+@pytest.mark.slow
+def test_learned_metric_loads_from_the_local_folder_only(tmp_path, no_network):
+    """A pyiqa metric finds its file in weights_dir (pyiqa's file name) and scores without touching the network."""
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    torch.manual_seed(0)
+    torch.save(MUSIQ(pretrained=False, num_class=1).state_dict(), tmp_path / "musiq_koniq_ckpt-e95806b9.pth")
+    musiq = get_metric("musiq", weights_dir=tmp_path)
+    scores = musiq(torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1)))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
