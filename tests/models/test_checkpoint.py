@@ -99,6 +99,7 @@ def _official_tiny(make_tiny_model):
     return make_tiny_model(unet_lora_alpha=8.0, vae_lora_alpha=8.0, bokeh_lora_alpha=1.0)
 
 
+@pytest.mark.slow  # ~2 s idle, ~9 s on the shared CI cores: builds, pickles and runs three tiny models
 def test_official_checkpoint_import_reproduces_the_model(make_tiny_model, tmp_path, monkeypatch):
     original = _official_tiny(make_tiny_model)
     randomize(original.trainable_parameters("joint"), std=0.1)
