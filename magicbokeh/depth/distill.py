@@ -211,7 +211,7 @@ def summary_lines(initial: Mapping[str, float], final: Mapping[str, float]) -> l
         f"  distilled student   : AbsRel {final['student/abs_rel']:.4f}  δ1 {final['student/delta1']:.4f}"
         f"  (at the start of this run: AbsRel {initial['student/abs_rel']:.4f})",
     ]
-    lines.append(f"  degradation gap closed: {100 * relative_improvement(final):.1f}% of the un-distilled AbsRel")
+    lines.append(f"  AbsRel reduced by {100 * relative_improvement(final):.1f}% relative to the un-distilled student")
     if "gt/student/abs_rel" in final:
         lines.append(
             "  vs ground truth     : "
@@ -223,7 +223,7 @@ def summary_lines(initial: Mapping[str, float], final: Mapping[str, float]) -> l
 
 
 def relative_improvement(final: Mapping[str, float]) -> float:
-    """1 − AbsRel(student) / AbsRel(un-distilled): the fraction of the degradation gap closed (> 0 = better)."""
+    """1 − AbsRel(student) / AbsRel(un-distilled): relative error reduction by distillation (> 0 = better)."""
     baseline = final["undistilled/abs_rel"]
     return 1.0 - final["student/abs_rel"] / baseline if baseline > 0 else math.nan
 
