@@ -11,7 +11,7 @@ The regions are "in focus" (defocus ≤ 0.1) and "out of focus". Because M only 
 ordinary attention computed inside each set: we gather the tokens of each region and run
 ``scaled_dot_product_attention`` on each, so no N×N bias is ever built (O(N₁² + N₂²) work, flash-style memory).
 :func:`dense_region_attention` is the literal formula with an explicit −∞ bias, kept as the reference for tests
-and the benchmark.
+and the benchmark. (The release adds −100, a finite stand-in for −∞; the difference is below e⁻¹⁰⁰ per weight.)
 
 The mask reaches the processors through ``cross_attention_kwargs={"focus": FocusRegions(...)}``: a per-call,
 immutable argument, so concurrent forwards never share state and no processor attribute is mutated from outside.

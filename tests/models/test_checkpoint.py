@@ -10,10 +10,13 @@ import types
 
 import pytest
 import torch
-from diffusers import ControlNetModel
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from magicbokeh.errors import ConfigError, MissingWeightsError
-from magicbokeh.models import MagicBokehModel
+from magicbokeh.models import MagicBokehModel, build_model
+from magicbokeh.models.build import SD21_SCHEDULER_CONFIG
 from magicbokeh.models.checkpoint import import_official_checkpoint, read_official_checkpoint
 from magicbokeh.models.model import parameter_group
 
@@ -38,8 +41,6 @@ def test_loading_rejects_missing_files_and_other_configurations(make_tiny_model,
         MagicBokehModel.from_pretrained(tmp_path)
     make_tiny_model().save_pretrained(tmp_path / "rank4")
     other = make_tiny_model(bokeh_lora_rank=2)
-    from safetensors.torch import load_file
-
     with pytest.raises(ConfigError, match="does not match"):
         other.load_checkpoint_weights(load_file(str(tmp_path / "rank4" / "model.safetensors")))
 
@@ -133,3 +134,36 @@ def test_restricted_unpickler_refuses_unexpected_globals(tmp_path):
         read_official_checkpoint(tmp_path / "evil.pkl")
     with pytest.raises(MissingWeightsError, match="lora.pkl"):
         read_official_checkpoint(tmp_path / "missing.pkl")
+
+
+@pytest.fixture
+def tiny_sd21_folder(tiny_model_config, tmp_path):
+    """A tiny base model written in the diffusers folder layout of paths.sd21."""
+    torch.manual_seed(0)
+    config = OmegaConf.to_container(tiny_model_config)
+    UNet2DConditionModel.from_config(config["unet_config"]).save_pretrained(tmp_path / "sd" / "unet")
+    AutoencoderKL.from_config(config["vae_config"]).save_pretrained(tmp_path / "sd" / "vae")
+    DDPMScheduler.from_config(SD21_SCHEDULER_CONFIG).save_pretrained(tmp_path / "sd" / "scheduler")
+    return tmp_path / "sd"
+
+
+def test_pretrained_base_checkpoints_store_only_trainable_weights(tiny_sd21_folder, tmp_path):
+    model = build_model(tiny_sd21_folder, unet_lora_rank=2, vae_lora_rank=2, bokeh_lora_rank=2).eval()
+    randomize(model.trainable_parameters("joint"), std=0.1)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert set(load_file(str(tmp_path / "ckpt" / "model.safetensors"))) == set(model.phase_parameter_names("joint"))
+    loaded = MagicBokehModel.from_pretrained(tmp_path / "ckpt", sd21_path=tiny_sd21_folder).eval()
+    images, defocus = inputs(batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, defocus), model(images, defocus), atol=0, rtol=0)
+
+
+def test_official_import_builds_on_the_sd21_folder(tiny_sd21_folder, tmp_path, monkeypatch):
+    original = build_model(tiny_sd21_folder, bokeh_lora_rank=3).eval()  # release alphas: 8 (UNet, VAE), 1 (bokeh)
+    randomize(original.trainable_parameters("joint"), std=0.1)
+    _official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
+    imported = import_official_checkpoint(tmp_path / "lora.pkl", sd21_path=tiny_sd21_folder).eval()
+    assert imported.config["bokeh_lora_rank"] == 3
+    images, defocus = inputs(batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(images, defocus), original(images, defocus), atol=0, rtol=0)
