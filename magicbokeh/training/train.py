@@ -73,6 +73,13 @@ def settings_from_config(trainer_cfg: DictConfig) -> TrainerSettings:
     )
 
 
+def _job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config without Hydra's own node (it holds run-time-only values such as hydra.job.num)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+
+
 def _build_accelerator(trainer_cfg: DictConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -198,7 +205,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tracker = Tracker(
         run_dir,
         OmegaConf.to_container(cfg.logger, resolve=True),
-        OmegaConf.to_container(cfg, resolve=True),
+        _job_config(cfg),
         accelerator.is_main_process,
     )
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=int(trainer_cfg.keep_last))

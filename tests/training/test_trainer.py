@@ -22,10 +22,11 @@ PHASES = {
 }
 
 
-def _trainer(run_dir, max_steps=8, checkpoint_every=0, grad_accum_steps=1) -> Trainer:
+def _trainer(run_dir, max_steps=8, checkpoint_every=0, grad_accum_steps=1, model=None, size=8) -> Trainer:
+    """A Trainer over fakes (or over ``model``, e.g. the real tiny network, with ``size``-pixel samples)."""
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True)
-    model = FakeMagicBokeh()
+    model = FakeMagicBokeh() if model is None else model
     settings = TrainerSettings(
         max_steps=max_steps,
         schedule=PhaseSchedule(pretrain_steps=2),
@@ -38,7 +39,9 @@ def _trainer(run_dir, max_steps=8, checkpoint_every=0, grad_accum_steps=1) -> Tr
     for phase in settings.schedule.phases_used(max_steps):
         optimizers[phase] = build_optimizer(model.trainable_parameters(phase), lr=PHASES[phase].lr)
         schedulers[phase] = build_lr_scheduler(optimizers[phase], PHASES[phase].warmup_steps, "cosine", max_steps)
-    streams = {task: BatchStream(FakePairs(task, length=5), batch_size=2, seed=3) for task in ("sr", "bokeh")}
+    streams = {
+        task: BatchStream(FakePairs(task, length=5, size=size), batch_size=2, seed=3) for task in ("sr", "bokeh")
+    }
     return Trainer(
         accelerator=accelerator,
         model=model,

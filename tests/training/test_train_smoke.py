@@ -1,0 +1,127 @@
+"""train(cfg) end to end with the real configs, the real tiny network and synthetic data, at toy sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from magicbokeh.models import MagicBokehModel
+from magicbokeh.training.tracking import read_metrics
+from magicbokeh.training.train import train
+from magicbokeh.utils.config import compose_config
+
+REPO = Path(__file__).resolve().parents[2]
+ABLATIONS = ["ablation_no_fama", "ablation_joint", "ablation_no_da_depth", "sr_only", "bokeh_only"]
+
+
+def _toy_overrides(tmp_path, run_id: str) -> list[str]:
+    return [
+        f"paths.output_dir={tmp_path}",
+        f"run_id={run_id}",
+        "logger=none",
+        "model=tiny",
+        "data=synthetic",
+        "data.crop_size=16",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.val_bokeh.length=2",
+        "trainer.max_steps=4",
+        "trainer.log_every=1",
+        "trainer.schedule.pretrain_steps=1",
+        "trainer.base_pretrain.steps=2",
+        "trainer.base_pretrain.batch_size=2",
+        "trainer.val_every=2",
+        "trainer.checkpoint_every=2",
+        "trainer.validation.batch_size=2",
+        "trainer.validation.lpips=false",
+        "trainer.loss.random_backbone=true",
+    ]
+
+
+@pytest.mark.slow
+def test_smoke_config_trains_evaluates_and_saves(tmp_path):
+    cfg = compose_config("train", ["experiment=smoke", *_toy_overrides(tmp_path, "toy")])
+    results = train(cfg)
+    run_dir = Path(results["run_dir"])
+    assert results["steps_per_s"] > 0
+    phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
+    assert phases == ["sr_pretrain", "bokeh", "sr", "bokeh"]
+    # Final table: three columns × two tasks, also on disk.
+    scores = json.loads((run_dir / "final_eval.json").read_text())
+    assert set(scores) == {"upsampled input", "initialisation", "trained"}
+    assert all(set(column) == {"bokeh/psnr", "sr/psnr"} for column in scores.values())
+    assert "| bokeh |" in (run_dir / "final_eval.md").read_text()
+    assert (run_dir / "val" / "step_000002_bokeh.png").is_file()
+    # The final model and the checkpoint's exported model load with the model's own loader.
+    final = MagicBokehModel.from_pretrained(run_dir / "final")
+    assert isinstance(final, MagicBokehModel)
+    assert (run_dir / "checkpoints" / "step_000004" / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_each_phase_updates_only_its_group_in_the_real_network(tmp_path):
+    from tests.training.test_trainer import _trainer
+
+    model = instantiate(compose_config("train", ["model=tiny"]).model)
+    trainer = _trainer(tmp_path, model=model, size=16)
+    for phase in ("sr_pretrain", "bokeh", "sr"):
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        trainer.train_step(phase)
+        changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+        assert changed, phase
+        outside = changed - set(model.phase_parameter_names(phase))
+        assert not outside, (phase, sorted(outside)[:3])
+
+
+@pytest.mark.parametrize("experiment", ["paper", *ABLATIONS])
+def test_paper_and_ablations_compose_with_toy_overrides(tmp_path, experiment):
+    cfg = compose_config("train", [f"experiment={experiment}", *_toy_overrides(tmp_path, experiment)])
+    assert cfg.model.name == "tiny" and cfg.data.crop_size == 16
+    assert cfg.task_name == experiment
+
+
+@pytest.mark.slow
+def test_multirun_over_ablations_launches(tmp_path):
+    """`scripts/train.py -m experiment=a,b,...` runs every job (toy sizes, one step each)."""
+    overrides = [o for o in _toy_overrides(tmp_path, "sweep") if not o.startswith(("trainer.max_steps", "trainer.val"))]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "-m",
+        "experiment=ablation_no_fama,ablation_joint,sr_only",
+        *overrides,
+        "trainer.max_steps=1",
+        "trainer.val_every=0",
+        "trainer.checkpoint_every=0",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finals = sorted(tmp_path.glob("*/multirun/sweep/*/final_eval.md"))
+    assert len(finals) == 3, done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_accelerate_launch(tmp_path):
+    """DDP on CPU (gloo): phases leave groups without gradients; both ranks finish and share one run directory."""
+    overrides = [o for o in _toy_overrides(tmp_path, "ddp") if not o.startswith("trainer.val_every")]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "scripts" / "train.py"), "experiment=smoke", *overrides, "trainer.val_every=0",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir = tmp_path / "smoke" / "ddp"
+    phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
+    assert phases == ["sr_pretrain", "bokeh", "sr", "bokeh"]  # one writer: rank 0
+    assert (run_dir / "final" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step_000004" / "trainer_state.json").is_file()
