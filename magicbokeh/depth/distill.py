@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from magicbokeh.depth.metrics import disparity_metrics
 from magicbokeh.depth.model import DepthForward, DepthModel
 from magicbokeh.errors import ConfigError, DatasetError, MagicBokehError
+from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -198,8 +199,6 @@ def parameter_groups(student: DepthModel, lr: float, head_lr: float) -> list[dic
 
 
 def write_results(path: Path, results: Mapping[str, Any]) -> None:
-    from magicbokeh.utils.files import atomic_write_text
-
     atomic_write_text(path, json.dumps(dict(results), indent=2))
 
 

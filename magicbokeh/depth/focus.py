@@ -156,8 +156,8 @@ def focus_from_point(
 
     Args:
         disparity: ``1×H×W`` or ``B×1×H×W``.
-        point: ``(x, y)`` in pixels (x = column, y = row), rounded to the nearest pixel; for a batch, one point for
-            every image or a sequence of ``B`` points.
+        point: ``(x, y)`` in pixels (x = column, y = row; integers are pixel centres), rounded to the nearest
+            pixel; for a batch, one point for every image or a sequence of ``B`` points.
         window: odd box size in pixels (clipped at the image border).
 
     Raises:

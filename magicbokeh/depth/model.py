@@ -25,6 +25,7 @@ from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, D
 
 from magicbokeh.depth.convert import to_hf_state_dict
 from magicbokeh.errors import ConfigError, InvalidInputError, missing_weights
+from magicbokeh.utils.files import atomic_path, atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -170,14 +171,15 @@ class DepthModel(nn.Module):
         return minmax_normalize(raw).to(images.device)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` (HF config + our ``input_size``) and ``model.safetensors`` (HF layout)."""
+        """Write ``config.json`` (HF config + our ``input_size``, for reference) and ``model.safetensors`` (HF
+        layout), each atomically so an interrupted save never leaves a truncated file behind."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
+        with atomic_path(folder / WEIGHTS_FILE) as temp_path:
+            save_file(state, str(temp_path))
         config = self.network.config.to_dict()
         config["magicbokeh_input_size"] = self.input_size
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
         return folder
 
 
