@@ -26,11 +26,30 @@ def exit_on_user_error(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MagicBokehError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except Exception as error:
+            user_error = find_user_error(error)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
 
     return wrapper  # type: ignore[return-value]
+
+
+def find_user_error(error: BaseException) -> MagicBokehError | None:
+    """The :class:`MagicBokehError` behind ``error``, if any.
+
+    ``hydra.utils.instantiate`` re-raises constructor errors as its own ``InstantiationException`` (chained with
+    ``from``), and DataLoader workers re-raise theirs; following the cause/context chain recovers the user's message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MagicBokehError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def set_offline_defaults() -> None:
