@@ -6,6 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tests run tiny models made of many small ops: one intra-op thread is faster than two threads synchronising on
+# every op (measured ~10-20x on a busy 2-core machine). Subprocess CLIs inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
