@@ -162,6 +162,10 @@ def _render_one(
     prepared = pipeline.prepare(image, scale=options.scale, disparity=disparity)
     focus_disparity = pipeline.focus_disparity(prepared, focus=options.focus, mask=mask)
     result = pipeline.render(prepared, focus_disparity, options.K)
+    sweeps = bool(options.sweep_focus) or bool(options.sweep_K)
+    if not sweeps:
+        # Drop the input before encoding the output: for a 48 MP photo that is 0.5 GiB less at the write's peak.
+        del prepared, image, disparity
     stem = image_path.stem
     target = write_image(output_dir / f"{stem}.png", result.image, bit_depth=options.bit_depth)
     logger.info(
@@ -172,6 +176,8 @@ def _render_one(
         write_disparity(output_dir / f"{stem}_disparity.png", result.disparity)
         write_disparity(output_dir / f"{stem}_defocus.png", result.defocus)
     del result
+    if not sweeps:
+        return target
     animation = {"fps": options.sweep_fps, "mp4": options.sweep_mp4, "max_side": options.sweep_max_side}
     if options.sweep_focus:
         frames = refocus_sweep(pipeline, prepared, list(options.sweep_focus), options.K)

@@ -33,9 +33,10 @@ def test_8000x6000_photo_through_the_cli_path_in_bounded_memory():
     result = measure((8000, 6000), io=True, timeout_s=1800)
     print(f"8000x6000 via render_inputs: {result}")
     assert result["output_exists"]
-    # A float32 RGB copy of the output is 549 MiB; the pipeline holds the input, the output accumulator, the
-    # disparity/defocus/weight planes and the PNG codec buffers: a constant number of them, whatever the tile count.
-    assert result["extra_images"] < 5
+    # A float32 RGB copy of the output is 549 MiB; the run holds the input, the output accumulator, the
+    # disparity/defocus/weight planes and the decode/encode buffers of data.io: a constant number of them (≈ 4-5
+    # measured), whatever the tile count. An untiled tiny network would need hundreds of them in activations.
+    assert result["extra_images"] < 6
 
 
 def test_benchmark_cli_rejects_bad_sizes():

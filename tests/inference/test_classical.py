@@ -20,7 +20,7 @@ def _scene():
 
 def test_K_zero_is_the_upsampled_photo_and_K_blurs_the_defocused_half():
     image, disparity = _scene()
-    pipe = ClassicalPipeline(BokehRenderer(max_coc_px=6.0, num_layers=4))
+    pipe = ClassicalPipeline(BokehRenderer(max_coc_px=6.0, num_layers=6))
     sharp = pipe.run(image, focus=1.0, K=0, scale=1, disparity=disparity)
     torch.testing.assert_close(sharp.image[0], image, atol=1e-4, rtol=0)
     blurred = pipe.run(image, focus=1.0, K=32, scale=2, disparity=disparity)
