@@ -11,7 +11,8 @@
     defocus          1×H×W [0, 1]  |d − d_f|·K/32 = models.defocus.defocus_map (zeros for SR: pure super-resolution)
     meta             dict          index, dataset, source (file or "synthetic"), has_disparity, focus_rule
 
-:class:`DepthDistillDataset` returns ``{"clean": 3×H×W, "degraded": 3×H×W, "meta": {...}}`` instead.
+:class:`DepthDistillDataset` returns ``{"clean": 3×H×W, "degraded": 3×H×W, "meta": {...}}`` instead (plus the exact
+``disparity`` for synthetic scenes).
 
 **Reproducibility.** Sample ``i`` draws everything (crop, flip, focus, K, scene, degradation) from
 ``sample_generator(seed, i)``, so it is identical whatever the worker, the order or the process. ``length`` may exceed
@@ -518,7 +519,8 @@ class DepthDistillDataset(Dataset):
     """(clean, degraded) pairs for distilling the degradation-aware depth student (teacher sees ``clean``).
 
     Reads HR photos like :class:`SRFolderDataset` (``root`` folders or list files, e.g. an SA-1B subset); with
-    ``root=None`` it uses synthetic scenes of side ``crop_size`` instead (no files needed; smoke runs).
+    ``root=None`` it uses synthetic scenes of side ``crop_size`` instead (no files needed; smoke runs), and then
+    also returns the scene's exact ``disparity`` (``1×H×W``) for depth evaluation against ground truth.
     """
 
     def __init__(
@@ -546,12 +548,20 @@ class DepthDistillDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         generator = sample_generator(self.seed, index)
+        extra = {}
         if self.files is not None:
             path = self.files[index % len(self.files)]
             (clean,) = _crop_and_flip([read_image(path)], self.crop_size, self.flip, generator)
             source = str(path)
         else:
-            clean = self.scenes(generator).image
-            source = "synthetic"
+            scene = self.scenes(generator)
+            clean, source = scene.image, "synthetic"
+            # synthetic scenes know their exact disparity: depth evaluation against ground truth uses it
+            extra["disparity"] = scene.disparity.float()
         degraded = _degrade(clean, self.degradation, generator)
-        return {"clean": clean.float(), "degraded": degraded.float(), "meta": {"index": int(index), "source": source}}
+        return {
+            "clean": clean.float(),
+            "degraded": degraded.float(),
+            **extra,
+            "meta": {"index": int(index), "source": source},
+        }

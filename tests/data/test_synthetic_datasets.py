@@ -34,6 +34,7 @@ def test_depth_distill_synthetic_without_files():
     sample = dataset[0]
     assert sample["clean"].shape == sample["degraded"].shape == (3, 32, 32)
     assert torch.equal(dataset[0]["degraded"], sample["degraded"])
+    assert sample["disparity"].shape == (1, 32, 32) and 0 <= sample["disparity"].min() <= sample["disparity"].max() <= 1
 
 
 def test_smoke_data_config_instantiates_every_node(monkeypatch):

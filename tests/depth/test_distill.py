@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from magicbokeh.data.datasets import DepthDistillDataset
 from magicbokeh.data.degradations import RealESRGANDegradation
 from magicbokeh.depth import build_depth_model
 from magicbokeh.depth.distill import (
@@ -20,7 +21,6 @@ from magicbokeh.depth.distill import (
     ssi_normalize,
 )
 from magicbokeh.depth.model import DepthForward
-from magicbokeh.depth.scenes import SyntheticDepthPairs
 from magicbokeh.training.tracking import read_metrics
 
 
@@ -73,7 +73,7 @@ def test_distill_runs_resumes_and_improves(tmp_path, one_thread):
         steps=30, batch_size=4, lr=1e-4, head_lr=1e-3, log_every=5, eval_every=100, checkpoint_every=15
     )
     # Evaluated on its own 8 training scenes: 15 epochs must bring the student closer to the teacher there.
-    train = evaluation = SyntheticDepthPairs(8, crop_size=28, degradation=RealESRGANDegradation(), seed=0)
+    train = evaluation = DepthDistillDataset(None, length=8, crop_size=28, degradation=RealESRGANDegradation(), seed=0)
     weights = DistillLossWeights()
     final = distill(teacher, train, evaluation, settings, weights, tmp_path / "run", seed=0)
     assert final["student/abs_rel"] < final["undistilled/abs_rel"]

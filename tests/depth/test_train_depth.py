@@ -12,8 +12,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from magicbokeh.data.datasets import DepthDistillDataset
 from magicbokeh.depth import DepthModel
-from magicbokeh.depth.scenes import SyntheticDepthPairs
 from magicbokeh.utils.config import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def test_smoke_config_instantiates_model_and_data():
 
 
 def test_synthetic_pairs_without_degradation_are_clean():
-    sample = SyntheticDepthPairs(1, crop_size=24)[0]
+    sample = DepthDistillDataset(None, length=1, crop_size=24)[0]
     assert torch.equal(sample["clean"], sample["degraded"])
     assert 0 <= sample["disparity"].min() and sample["disparity"].max() <= 1
 
