@@ -205,7 +205,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seam", action="store_true", help="only report the tiny network's seam error")
     args = parser.parse_args(argv)
 
-    default_tile, default_stride = DEFAULT_TILES[args.network]
+    default_tile, default_stride = DEFAULT_TILES["tiny" if args.seam else args.network]
     tile = default_tile if args.tile is None else args.tile
     stride = default_stride if args.stride is None else args.stride
     if args.seam:
