@@ -236,11 +236,12 @@ def score(
     value_columns = [m.name for m in per_image] + [IN_FOCUS_COLUMN, SHARPNESS_COLUMN]
     columns = list(KEY_COLUMNS) + value_columns
     csv_path = run_dir / "per_image.csv"
-    # Resume: keep rows that already hold every requested column for a prediction that still exists.
+    # Resume: keep rows that already hold every requested column (delete per_image.csv to rescore everything,
+    # e.g. after predictions were regenerated).
     cached = {
         (row["method"], int(row["seed"]), row["id"]): row
         for row in _read_rows(csv_path)
-        if all(column in row for column in value_columns)
+        if all(column in row for column in columns)
     }
     rows: list[dict] = []
     for method, seed in pairs:
