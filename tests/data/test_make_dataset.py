@@ -27,7 +27,7 @@ def test_synthetic_folder_is_readable_by_the_rendered_dataset_and_resumes(make_d
     image = tmp_path / "syn" / "image" / "000001.png"
     stamp = image.stat().st_mtime_ns
     assert make_dataset.main(argv) == 0 and image.stat().st_mtime_ns == stamp
-    dataset = RenderedBokehDataset(root=tmp_path / "syn", crop_size=16, max_coc_px=2, renderer={"num_layers": 4})
+    dataset = RenderedBokehDataset(root=tmp_path / "syn", crop_size=16, max_coc_px=2, renderer={"num_layers": 6})
     assert len(dataset) == 2 and dataset[1]["meta"]["focus_rule"] in ("subject", "random")
     assert "wrote" in capsys.readouterr().out
 
