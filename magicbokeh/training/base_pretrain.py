@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.training.data_streams import BatchStream
+from magicbokeh.training.optim import build_lr_scheduler
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -40,6 +41,8 @@ def fit_autoencoder(
     for param in base:
         param.requires_grad_(True)
     optimizer = torch.optim.Adam(base, lr=lr)
+    # Cosine decay to zero: the last, small steps are what bring the reconstruction error down.
+    scheduler = build_lr_scheduler(optimizer, warmup_steps=0, schedule="cosine", total_steps=steps)
     loss = torch.tensor(float("nan"))
     progress = tqdm(range(steps), desc="vae pretrain (stand-in for SD2.1)", dynamic_ncols=True)
     for step in progress:
@@ -48,6 +51,7 @@ def fit_autoencoder(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
     for param in base:
         param.requires_grad_(False)
