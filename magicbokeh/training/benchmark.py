@@ -82,3 +82,9 @@ def main(argv: list[str]) -> int:
                 f"({seconds / tiny_seconds[phase]:.0f}× the smoke step)"
             )
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
