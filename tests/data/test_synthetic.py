@@ -12,15 +12,6 @@ from magicbokeh.errors import DatasetError, MagicBokehError
 HEIGHT, WIDTH = 48, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread, as in a DataLoader worker (and many small ops are far slower multi-threaded on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _scene(seed, **kwargs) -> SyntheticScene:
     return SyntheticSceneGenerator(HEIGHT, WIDTH, **kwargs)(torch.Generator().manual_seed(seed))
 

@@ -10,15 +10,6 @@ from omegaconf import OmegaConf
 from magicbokeh.utils.config import CONFIG_DIR
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waiting makes tiny models ~20× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_model_config():
     return OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml")
