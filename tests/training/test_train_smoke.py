@@ -52,7 +52,7 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     run_dir = Path(results["run_dir"])
     assert results["steps_per_s"] > 0
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
-    assert phases == ["sr_pretrain", "bokeh", "sr", "bokeh"]
+    assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1
     # Final table: three columns × two tasks, also on disk.
     scores = json.loads((run_dir / "final_eval.json").read_text())
     assert set(scores) == {"upsampled input", "initialisation", "trained"}
@@ -125,6 +125,6 @@ def test_two_process_cpu_accelerate_launch(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = tmp_path / "smoke" / "ddp"
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
-    assert phases == ["sr_pretrain", "bokeh", "sr", "bokeh"]  # one writer: rank 0
+    assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1  # one writer: rank 0
     assert (run_dir / "final" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "step_000004" / "trainer_state.json").is_file()
