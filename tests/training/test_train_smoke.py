@@ -125,6 +125,6 @@ def test_two_process_cpu_accelerate_launch(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = tmp_path / "smoke" / "ddp"
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
-    assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1  # one writer: rank 0
+    assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # rank 0 writes; smoke: bokeh:SR = 2:1
     assert (run_dir / "final" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "step_000004" / "trainer_state.json").is_file()
