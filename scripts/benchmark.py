@@ -5,6 +5,7 @@ Each prints ratios against a baseline measured in the same run (never a timed as
   renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.optics.benchmark)
   degradation  Real-ESRGAN degradation throughput, samples/s/core             (magicbokeh.data.benchmark)
   model        FAMA vs dense attention; full-size forward time                  (magicbokeh.models.benchmark)
+  training     training steps/s per phase: smoke network and SD2.1-sized network (magicbokeh.training.benchmark)
   inference    peak memory and time vs image size for the tiled pipeline       (magicbokeh.inference.benchmark)
   speed        unified model vs two-stage baselines: latency, memory, FLOPs    (magicbokeh.evaluation.speed)
 """
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "renderer": "magicbokeh.optics.benchmark",
     "degradation": "magicbokeh.data.benchmark",
     "model": "magicbokeh.models.benchmark",
+    "training": "magicbokeh.training.benchmark",
     "inference": "magicbokeh.inference.benchmark",
     "speed": "magicbokeh.evaluation.speed",
 }
