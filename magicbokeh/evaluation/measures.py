@@ -21,13 +21,14 @@ from scipy.stats import spearmanr
 
 from magicbokeh.evaluation.metrics import rgb_to_y
 from magicbokeh.models.defocus import IN_FOCUS_THRESHOLD, defocus_map, in_focus_mask
+from magicbokeh.optics.coc import K_MAX
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
 def out_of_focus_region(disparity: torch.Tensor, focus_disparity: float | torch.Tensor) -> torch.Tensor:
     """Boolean ``B×1×H×W``: out of focus at K = 32, i.e. ``|d − d_f| > 0.1``."""
-    return ~in_focus_mask(defocus_map(disparity, focus_disparity, 32.0), IN_FOCUS_THRESHOLD)
+    return ~in_focus_mask(defocus_map(disparity, focus_disparity, K_MAX), IN_FOCUS_THRESHOLD)
 
 
 def laplacian_variance(images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:

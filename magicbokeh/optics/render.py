@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from magicbokeh.errors import InvalidInputError, ParameterError
 from magicbokeh.optics.aperture import ApertureSpec, aperture_kernel, as_aperture, kernel_half_size
-from magicbokeh.optics.coc import blur_px_for_K
+from magicbokeh.optics.coc import blur_px_for_K, coc_radius_px
 
 RENDER_METHODS = ("layered", "scatter")
 DEFAULT_NUM_LAYERS = 24
@@ -123,7 +123,7 @@ def render_bokeh(
     blur = _per_sample_floats(blur_px, image.shape[0], "blur_px")
     outputs = []
     for b in range(image.shape[0]):
-        radius = blur[b] * (disparity[b] - focus[b]).abs()
+        radius = coc_radius_px(disparity[b], focus[b], blur[b])
         source = highlight(image[b], radius) if highlight is not None else image[b]
         if method == "layered":
             linear = _render_sliced_photo(

@@ -13,29 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from magicbokeh.data.io import images_to_pixel_values, write_image
+from magicbokeh.evaluation.baselines import resize_to
+from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.training.data_streams import collate_samples
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-
-def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB on RGB in [0, 1]: 10·log10(1 / MSE); shape ``B``."""
-    mse = (images.float().clamp(0, 1) - targets.float()).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-def upsampled_input(lq_images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The classical baseline: the LQ input bicubic-upsampled to the target size (unchanged if already there)."""
-    if tuple(lq_images.shape[-2:]) == tuple(size):
-        return lq_images
-    return F.interpolate(lq_images, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 class Validator:
@@ -66,14 +54,14 @@ class Validator:
             lq = batch["lq"].to(device)
             target = batch["target"].to(device)
             output = predict(lq, batch["defocus"].to(device), target.shape[-2:]).float().clamp(0, 1)
-            psnrs.append(psnr(output, target).cpu())
+            psnrs.append(psnr(output.clamp(0, 1), target).cpu())
             if self.lpips_model is not None:
                 self.lpips_model.to(device)
                 lpips_values.append(
                     self.lpips_model(images_to_pixel_values(output), images_to_pixel_values(target)).flatten().cpu()
                 )
             if sum(len(r) for r in rows) < self.grid_rows:
-                shown = upsampled_input(lq, target.shape[-2:])
+                shown = resize_to(lq, target.shape[-2:])
                 rows.append(torch.cat([shown, output, target], dim=-1)[: self.grid_rows].cpu())
         metrics = {"psnr": torch.cat(psnrs).mean().item()}
         if lpips_values:
@@ -101,7 +89,7 @@ class Validator:
         """Scores of the bicubic-upsampled LQ input itself (the "do nothing" baseline)."""
         results = {}
         for task in self.datasets:
-            metrics, _ = self._score(lambda lq, defocus, size: upsampled_input(lq, size), task, device)
+            metrics, _ = self._score(lambda lq, defocus, size: resize_to(lq, size), task, device)
             results.update({f"{task}/{name}": value for name, value in metrics.items()})
         return results
 
