@@ -173,11 +173,19 @@ class MagicBokehModel(nn.Module):
         return pixel_values_to_images(pixel_values.float().clamp(-1.0, 1.0))
 
     def forward(
-        self, lq_images: torch.Tensor, defocus: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+        self,
+        lq_images: torch.Tensor,
+        defocus: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``return_latents=True`` also returns the clean latent ẑ₀ (scaled, as :meth:`encode`), for latent-space
+        losses such as the trainer's optional VSD regulariser: ``(images, latents)``."""
         self.check_inputs(lq_images, defocus)
         latents = self.encode(lq_images, generator)
-        return self.decode(self.x0_from_noise(latents, self.predict_noise(latents, defocus)))
+        clean_latents = self.x0_from_noise(latents, self.predict_noise(latents, defocus))
+        images = self.decode(clean_latents)
+        return (images, clean_latents) if return_latents else images
 
     # ---------------------------------------------------------------------------------------- training switches
     def phase_parameter_names(self, phase: str) -> list[str]:

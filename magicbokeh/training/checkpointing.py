@@ -6,6 +6,8 @@ Layout of ``<checkpoint_dir>/step_000100/``::
     optimizers.pt         {name: optimizer.state_dict()}   (torch.save; read back with weights_only=True)
     schedulers.pt         {name: scheduler.state_dict()}   (same)
     trainer_state.json    step, phase, data positions, RNG states, anything else JSON-able the trainer keeps
+    <name>.safetensors    optional extra tensor sets (e.g. ``vsd.safetensors``: the VSD fake-score LoRA); runs
+                          without them write and read exactly the four files above
 
 The folder is assembled under a hidden temporary name in the same directory and then renamed, so a run killed
 mid-save never leaves a half-written ``step_*`` folder that :meth:`CheckpointManager.latest` would pick up.
@@ -61,11 +63,14 @@ class CheckpointManager:
         schedulers: Mapping[str, Any],
         trainer_state: Mapping[str, Any],
         write_extra: Callable[[Path], None] | None = None,
+        extra_tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> Path:
         """Write checkpoint ``step`` atomically and prune old ones; returns its folder.
 
         ``optimizers``/``schedulers`` map a name to either the object (its ``state_dict()`` is taken) or a state
         dict already. ``write_extra(folder)`` may add files (e.g. an exported model) before the folder is published.
+        ``extra_tensors`` maps a name to a tensor set saved as ``<name>.safetensors`` (read back with
+        :meth:`load_extra_tensors`).
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         target = self.checkpoint_dir / checkpoint_name(step)
@@ -74,6 +79,11 @@ class CheckpointManager:
             # safetensors refuses shared or non-contiguous storage; detached contiguous CPU copies are always valid.
             tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model_state.items()}
             save_file(tensors, str(temp_dir / MODEL_FILE))
+            for name, extra in (extra_tensors or {}).items():
+                if f"{name}.safetensors" in (MODEL_FILE, OPTIMIZERS_FILE, SCHEDULERS_FILE):
+                    raise ConfigError(f"extra tensor set name '{name}' collides with a checkpoint file")
+                extra = {key: tensor.detach().to("cpu").contiguous() for key, tensor in extra.items()}
+                save_file(extra, str(temp_dir / f"{name}.safetensors"))
             torch.save({name: _state_dict(obj) for name, obj in optimizers.items()}, temp_dir / OPTIMIZERS_FILE)
             torch.save({name: _state_dict(obj) for name, obj in schedulers.items()}, temp_dir / SCHEDULERS_FILE)
             state = {"step": int(step), **trainer_state}
@@ -128,6 +138,12 @@ class CheckpointManager:
         trainer_state = json.loads((path / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
         return model_state, optimizer_states, scheduler_states, trainer_state
 
+    @staticmethod
+    def load_extra_tensors(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:
+        """The ``<name>.safetensors`` tensor set of a checkpoint folder, or None when it has none."""
+        file = Path(path) / f"{name}.safetensors"
+        return load_file(str(file), device="cpu") if file.is_file() else None
+
     def _prune(self) -> None:
         for stale in self.checkpoints()[: -self.keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -136,6 +152,16 @@ class CheckpointManager:
 
 def _state_dict(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def generator_state_to_text(generator: torch.Generator) -> str:
+    """A ``torch.Generator``'s state as JSON-able text (for ``trainer_state.json``)."""
+    return _bytes_tensor_to_text(generator.get_state())
+
+
+def restore_generator_state(generator: torch.Generator, text: str) -> None:
+    """Inverse of :func:`generator_state_to_text`."""
+    generator.set_state(_text_to_bytes_tensor(text))
 
 
 def _bytes_tensor_to_text(state: torch.Tensor) -> str:

@@ -73,6 +73,30 @@ def settings_from_config(trainer_cfg: DictConfig) -> TrainerSettings:
     )
 
 
+def vsd_settings_from_config(trainer_cfg: DictConfig, settings: TrainerSettings):
+    """``trainer.vsd`` → :class:`~magicbokeh.training.vsd.VSDSettings`, or None when no scheduled phase uses VSD.
+
+    A phase with ``vsd_weight > 0`` while ``trainer.vsd.enabled`` is false is an error (it would silently train
+    without the term); ``enabled`` with no weighted phase builds nothing (two UNets for no loss) and says so.
+    """
+    vsd_cfg = trainer_cfg.get("vsd")
+    enabled = vsd_cfg is not None and bool(vsd_cfg.enabled)
+    phases = settings.schedule.phases_used(settings.max_steps)
+    weighted = [phase for phase in phases if settings.phases[phase].vsd_weight > 0]
+    if weighted and not enabled:
+        raise ConfigError(f"phase(s) {weighted} set vsd_weight > 0 but trainer.vsd.enabled is false; enable it")
+    if not enabled:
+        return None
+    if not weighted:
+        logger.warning("trainer.vsd.enabled but no scheduled phase has vsd_weight > 0: VSD is not built")
+        return None
+    from magicbokeh.training.vsd import VSDSettings
+
+    values = OmegaConf.to_container(vsd_cfg, resolve=True)
+    values.pop("enabled")
+    return VSDSettings(**values)
+
+
 def _job_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config without Hydra's own node (it holds run-time-only values such as hydra.job.num)."""
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -139,6 +163,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---- objects, built once from the config
     model = instantiate(cfg.model)
+    vsd_settings = vsd_settings_from_config(trainer_cfg, settings)
     phases = settings.schedule.phases_used(settings.max_steps)
     sources = {settings.phases[p].data for p in phases}
     fit_base = trainer_cfg.base_pretrain.steps > 0 and cfg.resume is None
@@ -180,8 +205,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer_cfg.defocus_depth is not None:
         defocus_depth = DepthDefocus(instantiate(trainer_cfg.defocus_depth, device=accelerator.device))
 
+    vsd = None
+    if vsd_settings is not None:  # optional latent VSD regulariser (magicbokeh/training/vsd.py)
+        from magicbokeh.training.vsd import build_latent_vsd
+
+        vsd = build_latent_vsd(
+            model, vsd_settings, seed=int(cfg.seed), optimizer_kwargs=optimizer_cfg,
+            max_grad_norm=trainer_cfg.max_grad_norm,
+        )  # fmt: skip
+
     prepared = accelerator.prepare(model, *optimizers.values())
     model, optimizers = prepared[0], dict(zip(optimizers, prepared[1:]))
+    if vsd is not None:
+        vsd.attach(accelerator)
     streams = {
         name: BatchStream(
             dataset,
@@ -221,6 +257,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoints=checkpoints,
         validator=validator,
         defocus_depth=defocus_depth,
+        vsd=vsd,
     )
 
     # ---- resume, or score the initialisation

@@ -9,6 +9,10 @@ steps. We wrap the whole model once, with every trainable group marked ``require
 and let ``find_unused_parameters=True`` discover per step which ones the phase left out (their gradients stay
 ``None`` and their phase's optimizer is not stepped). The alternative, one DDP wrapper per phase, would hold one
 set of gradient buckets per phase and complicate checkpointing; the graph walk costs little next to a UNet pass.
+
+Optional latent VSD (``trainer.vsd``, off by default, not confirmed for MagicBokeh: REFERENCE §1.6): phases with
+``vsd_weight > 0`` add ``λ·L_VSD(ẑ₀)`` to their loss, and after the generator's update the VSD fake score takes one
+step of its own (:mod:`magicbokeh.training.vsd`). Everything VSD-specific sits in the ``_vsd_*`` helpers.
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from magicbokeh.errors import ConfigError
-from magicbokeh.training.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
+from magicbokeh.training.checkpointing import (
+    CheckpointManager,
+    capture_rng_state,
+    generator_state_to_text,
+    restore_generator_state,
+    restore_rng_state,
+)
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.defocus_source import DepthDefocus
 from magicbokeh.training.losses import ReconstructionLoss
@@ -34,7 +44,13 @@ from magicbokeh.training.tracking import Tracker
 from magicbokeh.training.validation import Validator
 from magicbokeh.utils.logging import get_logger
 
+if TYPE_CHECKING:
+    from magicbokeh.training.vsd import LatentVSD
+
 logger = get_logger(__name__)
+
+VSD_OPTIMIZER = "vsd_fake_score"  # its entry in optimizers.pt (phase names never take this name)
+VSD_TENSORS = "vsd"  # vsd.safetensors in the checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class PhaseSettings:
     warmup_steps: int = 0
     l2_weight: float = 1.0
     lpips_weight: float = 2.0
+    vsd_weight: float = 0.0  # λ of the optional latent VSD term (needs trainer.vsd.enabled); 0 = off
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,7 @@ class Trainer:
         checkpoints: CheckpointManager,
         validator: Validator | None = None,
         defocus_depth: DepthDefocus | None = None,
+        vsd: LatentVSD | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.model = model
@@ -96,6 +114,7 @@ class Trainer:
         self.checkpoints = checkpoints
         self.validator = validator
         self.defocus_depth = defocus_depth
+        self.vsd = vsd
         self.step = 0
 
     # ------------------------------------------------------------------ the loop
@@ -135,12 +154,13 @@ class Trainer:
         optimizer = self.optimizers[phase]
         accum = self.settings.grad_accum_steps
         totals: dict[str, float] = {}
+        vsd_latents: list[torch.Tensor] | None = [] if self._vsd_active(phase) else None
         for micro in range(accum):
             batch = next(self.streams[phase_settings.data])
             # Only the last micro-batch synchronises gradients across ranks.
             sync = contextlib.nullcontext() if micro == accum - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                loss, parts = self._loss(phase, batch)
+                loss, parts = self._loss(phase, batch, vsd_latents)
                 self.accelerator.backward(loss / accum)
             for name, value in {"loss": loss, **parts}.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float().item() / accum
@@ -152,18 +172,65 @@ class Trainer:
         optimizer.step()
         self.schedulers[phase].step()
         optimizer.zero_grad(set_to_none=True)
+        if vsd_latents is not None:
+            totals["vsd_fake_diffusion"] = self._vsd_update_fake_score(vsd_latents)
         if not math.isfinite(totals["loss"]):
             raise FloatingPointError(f"non-finite loss at step {self.step} (phase {phase}); lower the learning rate")
         return totals
 
-    def _loss(self, phase: str, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, phase: str, batch: Mapping[str, Any], vsd_latents: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The phase's loss on one micro-batch; with ``vsd_latents`` (a list) also λ·L_VSD, collecting ẑ₀ there."""
         device = self.accelerator.device
         lq, target, defocus = (batch[key].to(device) for key in ("lq", "target", "defocus"))
         if self.defocus_depth is not None:
             defocus = self.defocus_depth(lq, defocus, batch["K"].to(device))
+        if vsd_latents is None:
+            with self.accelerator.autocast():
+                images = self.model(lq, defocus)
+            return self.losses[phase](images, target)
         with self.accelerator.autocast():
-            images = self.model(lq, defocus)
-        return self.losses[phase](images, target)
+            images, latents = self.model(lq, defocus, return_latents=True)
+        loss, parts = self.losses[phase](images, target)
+        vsd_latents.append(latents.detach())
+        return self._vsd_add_loss(phase, loss, parts, latents)
+
+    # ------------------------------------------------------------------ optional latent VSD
+    def _vsd_active(self, phase: str) -> bool:
+        return self.vsd is not None and self.settings.phases[phase].vsd_weight > 0
+
+    def _vsd_add_loss(
+        self, phase: str, loss: torch.Tensor, parts: dict[str, torch.Tensor], latents: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """loss + λ·L_VSD(ẑ₀); the gradient reaches the generator through ẑ₀ only (the scores get none)."""
+        vsd_loss, vsd_parts = self.vsd.loss(latents)
+        return loss + self.settings.phases[phase].vsd_weight * vsd_loss, {**parts, **vsd_parts}
+
+    def _vsd_update_fake_score(self, latents: list[torch.Tensor]) -> float:
+        """One fake-score step on this update's (detached) generator latents, after the generator's step."""
+        return self.vsd.update_fake_score(torch.cat(latents))
+
+    def _vsd_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(extra optimizer states, extra tensor sets, extra trainer state) of the VSD regulariser; empty without."""
+        if self.vsd is None:
+            return {}, {}, {}
+        return (
+            {VSD_OPTIMIZER: self.vsd.optimizer.state_dict()},
+            {VSD_TENSORS: self.vsd.checkpoint_tensors()},
+            {"vsd": {"generator": generator_state_to_text(self.vsd.generator)}},
+        )
+
+    def _vsd_resume(self, path: Path, optimizer_states: Mapping[str, Any], trainer_state: Mapping[str, Any]) -> None:
+        if self.vsd is None:
+            return
+        tensors = self.checkpoints.load_extra_tensors(path, VSD_TENSORS)
+        if tensors is None:
+            logger.warning("%s holds no VSD state: the fake score starts again from the real score", path)
+            return
+        self.vsd.load_checkpoint_tensors(tensors)
+        self.vsd.optimizer.load_state_dict(optimizer_states[VSD_OPTIMIZER])
+        restore_generator_state(self.vsd.generator, trainer_state["vsd"]["generator"])
 
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self.step == self.settings.max_steps)
@@ -191,21 +258,24 @@ class Trainer:
         path = None
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
+            vsd_optimizers, vsd_tensors, vsd_state = self._vsd_checkpoint()
             state = {
                 "phase": phase,
                 "data_positions": {name: stream.position for name, stream in self.streams.items()},
                 # The main process's RNG; exact reproduction after a resume is guaranteed for one process.
                 "rng": capture_rng_state(),
+                **vsd_state,
             }
             path = self.checkpoints.save(
                 self.step,
                 # Trainable groups (+ the base weights of a randomly initialised model, which no file restores).
                 model.checkpoint_state_dict(),
-                {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+                {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()} | vsd_optimizers,
                 {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
                 state,
                 # A loadable model beside the training state: `scripts/evaluate.py ckpt=<checkpoint>/model`.
                 write_extra=lambda folder: model.save_pretrained(folder / "model"),
+                extra_tensors=vsd_tensors,
             )
         self.accelerator.wait_for_everyone()
         return path
@@ -224,5 +294,6 @@ class Trainer:
             if name in self.streams:
                 self.streams[name].position = int(position)
         restore_rng_state(trainer_state["rng"])
+        self._vsd_resume(Path(path), optimizer_states, trainer_state)
         self.step = int(trainer_state["step"])
         logger.info("resumed from %s at step %d (phase %s)", path, self.step, trainer_state["phase"])
