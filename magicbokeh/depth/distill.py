@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from magicbokeh.depth.metrics import disparity_metrics
 from magicbokeh.depth.model import DepthForward, DepthModel
 from magicbokeh.errors import ConfigError, DatasetError, MagicBokehError
+from magicbokeh.utils.distributed import build_accelerator
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
@@ -291,14 +292,12 @@ def distill(
     Writes ``<run_dir>/checkpoints/step_*`` (resumable), ``<run_dir>/student`` (the final student, loadable by
     :func:`~magicbokeh.depth.build_depth_model`), ``metrics.jsonl`` and ``depth_results.json``.
     """
-    from accelerate import Accelerator
-
     from magicbokeh.training.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
     from magicbokeh.training.data_streams import BatchStream, collate_samples
     from magicbokeh.training.optim import build_lr_scheduler
     from magicbokeh.training.tracking import Tracker
 
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision)
+    accelerator = build_accelerator(settings.mixed_precision)
     device = accelerator.device
     run_dir = Path(run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", settings.keep_last)

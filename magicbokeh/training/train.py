@@ -34,6 +34,7 @@ from magicbokeh.training.tracking import Tracker
 from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
 from magicbokeh.training.validation import Validator, write_final_report
 from magicbokeh.utils.cli import set_offline_defaults
+from magicbokeh.utils.distributed import build_accelerator
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import seed_everything
@@ -105,12 +106,11 @@ def _job_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _build_accelerator(trainer_cfg: DictConfig):
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Each phase leaves the other groups without gradients: DDP must look for unused parameters (trainer.py).
-    return Accelerator(
-        mixed_precision=str(trainer_cfg.mixed_precision),
+    return build_accelerator(
+        str(trainer_cfg.mixed_precision),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 

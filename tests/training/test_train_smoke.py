@@ -111,20 +111,29 @@ def test_multirun_over_ablations_launches(tmp_path):
     assert len(finals) == 3, done.stdout[-2000:]
 
 
+VSD_ON = ["trainer.vsd.enabled=true", "trainer.phases.sr_pretrain.vsd_weight=1.0", "trainer.phases.sr.vsd_weight=1.0"]
+
+
 @pytest.mark.slow
-def test_two_process_cpu_accelerate_launch(tmp_path):
-    """DDP on CPU (gloo): phases leave groups without gradients; both ranks finish and share one run directory."""
-    overrides = [o for o in _toy_overrides(tmp_path, "ddp") if not o.startswith("trainer.val_every")]
+@pytest.mark.parametrize("extra", [[], VSD_ON], ids=["plain", "with_vsd"])
+def test_two_process_cpu_launch_trains_as_one_ddp_job(tmp_path, extra):
+    """Two ranks on CPU (torchrun → accelerate MULTI_CPU over gloo): phases leave groups without gradients, both
+    ranks really join one job (not two lone runs), finish, and share one run directory; also with the VSD
+    regulariser, whose fake score is a second DDP-wrapped network."""
+    overrides = [o for o in _toy_overrides(tmp_path, "ddp") if not o.startswith("trainer.val_every")] + extra
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(REPO / "scripts" / "train.py"), "experiment=smoke", *overrides, "trainer.val_every=0",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
+    log = done.stdout + done.stderr
+    assert "MULTI_CPU, process 0 of 2" in log and "MULTI_CPU, process 1 of 2" in log, log[-3000:]
     run_dir = tmp_path / "smoke" / "ddp"
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # rank 0 writes; smoke: bokeh:SR = 2:1
+    vsd_logged = [r["phase"] for r in read_metrics(run_dir) if "vsd" in r]
+    assert vsd_logged == (["sr_pretrain", "sr"] if extra else [])
     assert (run_dir / "final" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "step_000004" / "trainer_state.json").is_file()
