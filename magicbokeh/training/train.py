@@ -144,7 +144,8 @@ def _final_evaluation(
         "trained": validator.evaluate_model(model, device),
     }
     table = write_final_report(run_dir, columns, list(validator.datasets))
-    print(f"\nHeld-out synthetic set, PSNR (dB), higher is better:\n{table}\n(saved in {run_dir / 'final_eval.md'})")
+    heading = "Fixed validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"
+    print(f"\n{heading}\n{table}\n(saved in {run_dir / 'final_eval.md'})")
     return columns
 
 
