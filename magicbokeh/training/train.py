@@ -275,6 +275,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     first_step = trainer.step
     trainer.fit()
     steps_per_s = (trainer.step - first_step) / max(time.perf_counter() - started, 1e-9)
+    _check_ranks_agree(accelerator, unwrapped)
 
     # ---- save and evaluate
     results: dict[str, Any] = {"steps_per_s": steps_per_s, "run_dir": str(run_dir)}
@@ -287,6 +288,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tracker.close()
     accelerator.end_training()
     return results
+
+
+def _check_ranks_agree(accelerator, model: torch.nn.Module) -> None:
+    """Every rank must end with the same weights: each trained on its own shard, so a gradient that was not
+    all-reduced (e.g. a group DDP failed to register) would show up here as differing parameter sums."""
+    if accelerator.num_processes == 1:
+        return
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().to(accelerator.device)
+    totals = accelerator.gather(total[None]).cpu()
+    if not torch.allclose(totals, totals[0].expand_as(totals), rtol=1e-9, atol=0.0):
+        raise RuntimeError(f"ranks ended training with different weights (parameter sums {totals.tolist()})")
+    logger.info("parameters identical on all %d ranks (sum %.10g)", accelerator.num_processes, totals[0].item())
 
 
 def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> dict[str, float]:

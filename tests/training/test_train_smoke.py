@@ -130,6 +130,7 @@ def test_two_process_cpu_launch_trains_as_one_ddp_job(tmp_path, extra):
     assert done.returncode == 0, done.stderr[-4000:]
     log = done.stdout + done.stderr
     assert "MULTI_CPU, process 0 of 2" in log and "MULTI_CPU, process 1 of 2" in log, log[-3000:]
+    assert "parameters identical on all 2 ranks" in log, log[-3000:]  # gradients were all-reduced
     run_dir = tmp_path / "smoke" / "ddp"
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # rank 0 writes; smoke: bokeh:SR = 2:1
