@@ -142,6 +142,8 @@ def _final_evaluation(
         "upsampled input": validator.evaluate_upsampled_input(device),
         "initialisation": init_scores,
         "trained": validator.evaluate_model(model, device),
+        # Same model, defocus map zeroed: on the bokeh set, the gap to "trained" is what the condition contributes.
+        "trained, defocus zeroed": validator.evaluate_model(model, device, zero_defocus=True),
     }
     table = write_final_report(run_dir, columns, list(validator.datasets))
     heading = "Fixed validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"

@@ -69,14 +69,24 @@ class Validator:
         grid = torch.cat(rows)[: self.grid_rows] if rows else None
         return metrics, grid
 
-    def evaluate_model(self, model: nn.Module, device: torch.device, step: int | None = None) -> dict[str, float]:
-        """``{"<task>/psnr": …, "<task>/lpips": …}``; with ``step`` also writes ``val/step_N_<task>.png`` grids."""
+    def evaluate_model(
+        self, model: nn.Module, device: torch.device, step: int | None = None, zero_defocus: bool = False
+    ) -> dict[str, float]:
+        """``{"<task>/psnr": …, "<task>/lpips": …}``; with ``step`` also writes ``val/step_N_<task>.png`` grids.
+
+        ``zero_defocus=True`` feeds an all-zero defocus map (pure SR) instead of the sample's: the drop it causes on
+        the bokeh set is how much of the score the defocus condition is responsible for.
+        """
         was_training = model.training
         model.eval()
         results = {}
+
+        def predict(lq, defocus, size):
+            return model(lq, torch.zeros_like(defocus) if zero_defocus else defocus)
+
         try:
             for task in self.datasets:
-                metrics, grid = self._score(lambda lq, defocus, size: model(lq, defocus), task, device)
+                metrics, grid = self._score(predict, task, device)
                 results.update({f"{task}/{name}": value for name, value in metrics.items()})
                 if step is not None and grid is not None:
                     # One image per task: rows of (input | output | target), stacked vertically.

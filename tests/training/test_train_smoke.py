@@ -55,7 +55,7 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1
     # Final table: three columns × two tasks, also on disk.
     scores = json.loads((run_dir / "final_eval.json").read_text())
-    assert set(scores) == {"upsampled input", "initialisation", "trained"}
+    assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed"}
     assert all(set(column) == {"bokeh/psnr", "sr/psnr"} for column in scores.values())
     assert "| bokeh |" in (run_dir / "final_eval.md").read_text()
     assert (run_dir / "val" / "step_000002_bokeh.png").is_file()
