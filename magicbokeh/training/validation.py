@@ -54,7 +54,7 @@ class Validator:
             lq = batch["lq"].to(device)
             target = batch["target"].to(device)
             output = predict(lq, batch["defocus"].to(device), target.shape[-2:]).float().clamp(0, 1)
-            psnrs.append(psnr(output.clamp(0, 1), target).cpu())
+            psnrs.append(psnr(output, target).cpu())
             if self.lpips_model is not None:
                 self.lpips_model.to(device)
                 lpips_values.append(

@@ -22,23 +22,36 @@ PHASES = {
 }
 
 
-def _trainer(run_dir, max_steps=8, checkpoint_every=0, grad_accum_steps=1, model=None, size=8) -> Trainer:
-    """A Trainer over fakes (or over ``model``, e.g. the real tiny network, with ``size``-pixel samples)."""
+def _trainer(
+    run_dir,
+    max_steps=8,
+    checkpoint_every=0,
+    grad_accum_steps=1,
+    model=None,
+    size=8,
+    phases=PHASES,
+    optimizer_kwargs=None,
+    vsd=None,
+) -> Trainer:
+    """A Trainer over fakes (or over ``model``, e.g. the real tiny network, with ``size``-pixel samples); loss
+    weights come from ``phases``; ``vsd`` (a LatentVSD) is attached to the trainer's accelerator."""
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True)
     model = FakeMagicBokeh() if model is None else model
     settings = TrainerSettings(
         max_steps=max_steps,
         schedule=PhaseSchedule(pretrain_steps=2),
-        phases=PHASES,
+        phases=phases,
         grad_accum_steps=grad_accum_steps,
         log_every=1,
         checkpoint_every=checkpoint_every,
     )
     optimizers, schedulers = {}, {}
     for phase in settings.schedule.phases_used(max_steps):
-        optimizers[phase] = build_optimizer(model.trainable_parameters(phase), lr=PHASES[phase].lr)
-        schedulers[phase] = build_lr_scheduler(optimizers[phase], PHASES[phase].warmup_steps, "cosine", max_steps)
+        optimizers[phase] = build_optimizer(
+            model.trainable_parameters(phase), lr=phases[phase].lr, **(optimizer_kwargs or {})
+        )
+        schedulers[phase] = build_lr_scheduler(optimizers[phase], phases[phase].warmup_steps, "cosine", max_steps)
     streams = {
         task: BatchStream(FakePairs(task, length=5, size=size), batch_size=2, seed=3) for task in ("sr", "bokeh")
     }
@@ -46,12 +59,13 @@ def _trainer(run_dir, max_steps=8, checkpoint_every=0, grad_accum_steps=1, model
         accelerator=accelerator,
         model=model,
         streams=streams,
-        losses={phase: ReconstructionLoss(1.0, 0.0) for phase in optimizers},
+        losses={phase: ReconstructionLoss(phases[phase].l2_weight, phases[phase].lpips_weight) for phase in optimizers},
         optimizers=optimizers,
         schedulers=schedulers,
         settings=settings,
         tracker=Tracker(run_dir, {"name": "none"}, {}, is_main_process=True),
         checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=2),
+        vsd=None if vsd is None else vsd.attach(accelerator),
     )
 
 

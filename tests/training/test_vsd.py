@@ -7,23 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from hydra.utils import instantiate
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.models.build import SD21_SCHEDULER_CONFIG
-from magicbokeh.training.checkpointing import CheckpointManager
-from magicbokeh.training.data_streams import BatchStream
-from magicbokeh.training.losses import ReconstructionLoss
-from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
-from magicbokeh.training.phases import PhaseSchedule
-from magicbokeh.training.tracking import Tracker, read_metrics
+from magicbokeh.training.tracking import read_metrics
 from magicbokeh.training.train import settings_from_config, vsd_settings_from_config
-from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
+from magicbokeh.training.trainer import PhaseSettings, Trainer
 from magicbokeh.training.vsd import LatentVSD, VSDSettings, build_latent_vsd
 from magicbokeh.utils.config import compose_config
-from tests.training.fakes import FakePairs
+from tests.training.test_trainer import _trainer
 
 TINY_UNET = {
     "sample_size": 8,
@@ -175,32 +169,12 @@ def _tiny_model():
 def _vsd_trainer(run_dir, model, vsd_seed=0, max_steps=6, checkpoint_every=0) -> Trainer:
     """test_trainer._trainer with the real tiny network, only the VSD term in the loss, and no weight decay (so a
     parameter moves only when a gradient reaches it)."""
-    accelerator = Accelerator(cpu=True)
-    settings = TrainerSettings(
-        max_steps=max_steps,
-        schedule=PhaseSchedule(pretrain_steps=2),
-        phases=VSD_PHASES,
-        log_every=1,
-        checkpoint_every=checkpoint_every,
-    )
-    optimizers, schedulers = {}, {}
-    for phase in settings.schedule.phases_used(max_steps):
-        optimizers[phase] = build_optimizer(model.trainable_parameters(phase), lr=1e-2, weight_decay=0.0)
-        schedulers[phase] = build_lr_scheduler(optimizers[phase], 0, "cosine", max_steps)
-    streams = {task: BatchStream(FakePairs(task, length=5, size=16), batch_size=2, seed=3) for task in ("sr", "bokeh")}
-    vsd = build_latent_vsd(model, VSDSettings(lr=1e-2), seed=vsd_seed, optimizer_kwargs={"weight_decay": 0.0})
-    return Trainer(
-        accelerator=accelerator,
-        model=model,
-        streams=streams,
-        losses={phase: ReconstructionLoss(0.0, 0.0) for phase in optimizers},
-        optimizers=optimizers,
-        schedulers=schedulers,
-        settings=settings,
-        tracker=Tracker(run_dir, {"name": "none"}, {}, is_main_process=True),
-        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=2),
-        vsd=vsd.attach(accelerator),
-    )
+    no_decay = {"weight_decay": 0.0}
+    vsd = build_latent_vsd(model, VSDSettings(lr=1e-2), seed=vsd_seed, optimizer_kwargs=no_decay)
+    return _trainer(
+        run_dir, max_steps=max_steps, checkpoint_every=checkpoint_every, model=model, size=16, phases=VSD_PHASES,
+        optimizer_kwargs=no_decay, vsd=vsd,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("phase", ["sr", "bokeh"])
