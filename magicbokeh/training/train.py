@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from magicbokeh.errors import ConfigError
-from magicbokeh.training.base_pretrain import fit_autoencoder
+from magicbokeh.training.base_pretrain import fit_autoencoder, load_standin_vae
 from magicbokeh.training.checkpointing import CheckpointManager
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.defocus_source import DepthDefocus
@@ -169,19 +169,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     vsd_settings = vsd_settings_from_config(trainer_cfg, settings)
     phases = settings.schedule.phases_used(settings.max_steps)
     sources = {settings.phases[p].data for p in phases}
-    fit_base = trainer_cfg.base_pretrain.steps > 0 and cfg.resume is None
-    datasets = _training_datasets(cfg, sources | (set(trainer_cfg.base_pretrain.data) if fit_base else set()))
+    base_cfg = trainer_cfg.base_pretrain
+    if base_cfg.init_from is not None and cfg.resume is None:  # a resumed run's checkpoint holds the fitted VAE
+        load_standin_vae(model, base_cfg.init_from)
+    fit_base = base_cfg.steps > 0 and cfg.resume is None
+    datasets = _training_datasets(cfg, sources | (set(base_cfg.data) if fit_base else set()))
     if fit_base:
         # Before DDP wrapping, identically on every rank (same seed, same samples): see base_pretrain.py.
         base_streams = [
-            BatchStream(datasets[name], int(trainer_cfg.base_pretrain.batch_size), seed=int(cfg.seed) + 1)
-            for name in trainer_cfg.base_pretrain.data
+            BatchStream(datasets[name], int(base_cfg.batch_size), seed=int(cfg.seed) + 1) for name in base_cfg.data
         ]
         model.to(accelerator.device)
         fit_autoencoder(
-            model, base_streams, int(trainer_cfg.base_pretrain.steps), float(trainer_cfg.base_pretrain.lr),
+            model,
+            base_streams,
+            int(base_cfg.steps),
+            float(base_cfg.lr),
             accelerator.device,
-        )  # fmt: skip
+            images=list(base_cfg.images),
+        )
     for phase in phases:  # every scheduled group trainable now, so DDP registers it (see trainer.py)
         for param in model.trainable_parameters(phase):
             param.requires_grad_(True)
@@ -305,9 +311,10 @@ def _check_ranks_agree(accelerator, model: torch.nn.Module) -> None:
 
 
 def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> dict[str, float]:
-    """Held-out scores of the untrained model, computed once per run directory and kept in ``init_eval.json``."""
+    """Held-out scores of the untrained model, kept in ``init_eval.json`` for a resumed run to report; a fresh run
+    (step 0) always scores its own initialisation, even in a run directory an earlier run left one in."""
     path = run_dir / INIT_EVAL_FILE
-    if path.is_file():
+    if trainer.step != 0 and path.is_file():
         return json.loads(path.read_text())
     scores: dict[str, float] = {}
     if accelerator.is_main_process:

@@ -48,8 +48,13 @@ def _toy_overrides(tmp_path, run_id: str) -> list[str]:
 @pytest.mark.slow
 def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     cfg = compose_config("train", ["experiment=smoke", *_toy_overrides(tmp_path, "toy")])
+    # An earlier run's initial scores in the same directory must not stand in for this run's own.
+    stale = tmp_path / "smoke" / "toy" / "init_eval.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"bokeh/psnr": -1.0, "sr/psnr": -1.0}))
     results = train(cfg)
     run_dir = Path(results["run_dir"])
+    assert run_dir == stale.parent
     assert results["steps_per_s"] > 0
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1
@@ -57,6 +62,7 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     scores = json.loads((run_dir / "final_eval.json").read_text())
     assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed"}
     assert all(set(column) == {"bokeh/psnr", "sr/psnr"} for column in scores.values())
+    assert all(value > 0 for value in scores["initialisation"].values())
     assert "| bokeh |" in (run_dir / "final_eval.md").read_text()
     assert (run_dir / "val" / "step_000002_bokeh.png").is_file()
     # The final model and the checkpoint's exported model load with the model's own loader.
