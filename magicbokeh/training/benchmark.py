@@ -16,11 +16,22 @@ import torch
 from magicbokeh.training.losses import ReconstructionLoss
 from magicbokeh.training.optim import build_optimizer
 
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def seconds_per_step(
-    model: torch.nn.Module, phase: str, size: int, batch: int, steps: int, warmup: int, device: torch.device
+    model: torch.nn.Module,
+    phase: str,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    mixed_precision: str = "no",
 ) -> float:
-    """Mean wall time of ``steps`` training steps of ``phase`` after ``warmup`` untimed ones."""
+    """Mean wall time of ``steps`` training steps of ``phase`` after ``warmup`` untimed ones. ``mixed_precision``
+    runs forward and loss under autocast (weights and optimizer stay float32, as accelerate's mixed precision)."""
+    autocast_dtype = AUTOCAST_DTYPES[mixed_precision]
     generator = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, size, size, generator=generator).to(device)
     target = torch.rand(batch, 3, size, size, generator=generator).to(device)
@@ -34,7 +45,8 @@ def seconds_per_step(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
-        loss, _ = loss_fn(model(lq, defocus), target)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss, _ = loss_fn(model(lq, defocus), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(phase), 1.0)
         optimizer.step()
@@ -55,6 +67,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps of the smoke network per phase")
     parser.add_argument("--sd21-size", type=int, default=256, help="image side for the SD2.1-sized step (0: skip)")
     parser.add_argument("--sd21-steps", type=int, default=1, help="timed steps of the SD2.1-sized network")
+    parser.add_argument("--sd21-batch", type=int, default=1, help="batch size of the SD2.1-sized step")
+    parser.add_argument("--mixed-precision", choices=sorted(AUTOCAST_DTYPES), default="no")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -63,23 +77,36 @@ def main(argv: list[str]) -> int:
     device = torch.device(args.device)
     cfg = compose_config("train", ["experiment=smoke"])
     size, batch = int(cfg.data.crop_size), int(cfg.data.batch_size)
-    print(f"training-step benchmark on {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    precision = args.mixed_precision
+    print(
+        f"training-step benchmark on {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"mixed precision {precision}"
+    )
 
     torch.manual_seed(0)
     tiny = instantiate(cfg.model).to(device)
     tiny_seconds = {}
     for phase in args.phases:
-        tiny_seconds[phase] = seconds_per_step(tiny, phase, size, batch, args.steps, 1, device)
+        tiny_seconds[phase] = seconds_per_step(tiny, phase, size, batch, args.steps, 1, device, precision)
         print(f"smoke network  {phase:12s} {size}px batch {batch}: {1 / tiny_seconds[phase]:8.3f} steps/s")
     if args.sd21_size:
         sd21 = build_model(name="sd21-random", unet_config=SD21_UNET_CONFIG, vae_config=SD21_VAE_CONFIG)
         sd21.enable_gradient_checkpointing()
         sd21.to(device)
+        # One untimed step first on an accelerator (kernel selection, allocator warm-up); on CPU it costs minutes.
+        warmup = 0 if device.type == "cpu" else 1
         for phase in args.phases:
-            seconds = seconds_per_step(sd21, phase, args.sd21_size, 1, args.sd21_steps, 0, device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = seconds_per_step(
+                sd21, phase, args.sd21_size, args.sd21_batch, args.sd21_steps, warmup, device, precision
+            )
+            memory = ""
+            if device.type == "cuda":
+                memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
             print(
-                f"SD2.1-sized    {phase:12s} {args.sd21_size}px batch 1: {1 / seconds:8.4f} steps/s "
-                f"({seconds / tiny_seconds[phase]:.0f}× the smoke step)"
+                f"SD2.1-sized    {phase:12s} {args.sd21_size}px batch {args.sd21_batch}: {1 / seconds:8.4f} steps/s "
+                f"({seconds / tiny_seconds[phase]:.0f}× the smoke step{memory})"
             )
     return 0
 
