@@ -146,7 +146,7 @@ def _final_evaluation(
         "trained, defocus zeroed": validator.evaluate_model(model, device, zero_defocus=True),
     }
     table = write_final_report(run_dir, columns, list(validator.datasets))
-    heading = "Fixed validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"
+    heading = "Held-out validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"
     print(f"\n{heading}\n{table}\n(saved in {run_dir / 'final_eval.md'})")
     return columns
 
