@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from magicbokeh.errors import ConfigError, MissingWeightsError
+from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.optim import build_lr_scheduler
 from magicbokeh.utils.files import atomic_path
@@ -196,32 +197,20 @@ class SamplePool:
         return batch
 
 
-def _psnr(images: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean per-image PSNR (dB) of [0, 1] images."""
-    mse = (images - targets).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return float((-10 * torch.log10(mse)).mean())
-
-
 @torch.no_grad()
 def heldout_reconstruction(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 16) -> dict:
-    """How the VAE treats images it never saw (a validation set of ``lq``/``target`` pairs): PSNR of the targets'
-    reconstruction, of the inputs' reconstruction against their targets, and of the inputs themselves. The last two
-    differ by what a round trip through the VAE costs MagicBokeh before its UNet does anything."""
-    recon_targets, roundtrip, inputs = [], [], []
+    """How the VAE treats images it never saw (a validation set of ``lq``/``target`` pairs): mean PSNR of the
+    targets' reconstruction, of the inputs' reconstruction against their targets, and of the inputs themselves. The
+    last two differ by what a round trip through the VAE costs MagicBokeh before its UNet does anything."""
+    totals = {"target_reconstruction_psnr": 0.0, "input_psnr": 0.0, "input_roundtrip_psnr": 0.0}
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         lq = torch.stack([s["lq"] for s in samples]).to(device)
         target = torch.stack([s["target"] for s in samples]).to(device)
-        count = len(samples)
-        recon_targets.append(_psnr(model.decode(model.encode(target)), target) * count)
-        roundtrip.append(_psnr(model.decode(model.encode(lq)), target) * count)
-        inputs.append(_psnr(lq, target) * count)
-    total = len(dataset)
-    return {
-        "target_reconstruction_psnr": sum(recon_targets) / total,
-        "input_psnr": sum(inputs) / total,
-        "input_roundtrip_psnr": sum(roundtrip) / total,
-    }
+        totals["target_reconstruction_psnr"] += psnr(model.decode(model.encode(target)), target).sum().item()
+        totals["input_roundtrip_psnr"] += psnr(model.decode(model.encode(lq)), target).sum().item()
+        totals["input_psnr"] += psnr(lq, target).sum().item()
+    return {name: total / len(dataset) for name, total in totals.items()}
 
 
 def fit_standin_from_config(cfg) -> Path:
@@ -238,6 +227,10 @@ def fit_standin_from_config(cfg) -> Path:
     settings = cfg.get("standin_vae")
     if settings is None:
         raise ConfigError("no standin_vae node in this config: pick an experiment that has one (experiment=smoke)")
+    if int(settings.steps) < 1 or int(settings.eval_every) < 1:
+        raise ConfigError(
+            f"standin_vae.steps and standin_vae.eval_every must be ≥ 1, got {settings.steps} and {settings.eval_every}"
+        )
     device = build_accelerator("no").device
     if settings.num_threads is not None:
         torch.set_num_threads(int(settings.num_threads))

@@ -181,3 +181,11 @@ def test_the_shipped_smoke_vae_fits_the_smoke_model():
     final = metadata["history"][-1]
     assert final["step"] == cfg.standin_vae.steps
     assert final["target_reconstruction_psnr"] > 25.0
+
+
+@pytest.mark.parametrize("override", ["standin_vae.steps=0", "standin_vae.eval_every=0"])
+def test_fitting_script_refuses_a_fit_it_could_not_report(tmp_path, override):
+    cfg = compose_config("train", ["experiment=smoke", override, f"standin_vae.out={tmp_path / 'vae.safetensors'}"])
+    with pytest.raises(ConfigError, match="must be ≥ 1"):
+        fit_standin_from_config(cfg)
+    assert not (tmp_path / "vae.safetensors").exists()
