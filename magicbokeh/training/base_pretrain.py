@@ -236,9 +236,15 @@ def fit_standin_from_config(cfg) -> Path:
         torch.set_num_threads(int(settings.num_threads))
     seed_everything(int(cfg.seed))
     model = instantiate(cfg.model).to(device)
+    # The lq images the VAE sees come from the run's degradation, or from the scale the node pins (the shipped
+    # file keeps its own recipe when the smoke's degradation changes).
+    degradation_cfg = cfg.degradation
+    if settings.get("degradation_scale") is not None:
+        degradation_cfg = OmegaConf.merge(cfg.degradation, {"scale": int(settings.degradation_scale)})
+    degradation = instantiate(degradation_cfg)
     datasets = {
-        "sr": instantiate(cfg.data.sr_train, root=list(settings.sr_roots)),
-        "bokeh": instantiate(cfg.data.bokeh_train),
+        "sr": instantiate(cfg.data.sr_train, root=list(settings.sr_roots), degradation=degradation),
+        "bokeh": instantiate(cfg.data.bokeh_train, degradation=degradation),
     }
     unknown = set(settings.data) - set(datasets)
     if unknown:
@@ -285,6 +291,7 @@ def fit_standin_from_config(cfg) -> Path:
         "device": str(device),
         "torch": torch.__version__,
         "settings": OmegaConf.to_container(settings, resolve=True),
+        "degradation": OmegaConf.to_container(degradation_cfg, resolve=True),  # how its lq images were made
         "heldout": OmegaConf.to_container(cfg.data.val_sr, resolve=True),
         "history": history,
     }

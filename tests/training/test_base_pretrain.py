@@ -146,6 +146,7 @@ def test_fitting_script_writes_a_file_the_training_run_loads(tmp_path):
     assert [row["step"] for row in metadata["history"]] == [2, 4]
     assert {"target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"} <= set(metadata["history"][-1])
     assert metadata["settings"]["steps"] == 4
+    assert metadata["degradation"]["scale"] == cfg.standin_vae.degradation_scale  # the node's pinned recipe
 
     run = compose_config(
         "train",
