@@ -260,7 +260,7 @@ def fit_standin_from_config(cfg) -> Path:
             SamplePool(stream, int(settings.pool_size), list(settings.images), device, seed=int(cfg.seed) + 2)
             for stream in streams
         ]
-    heldout = instantiate(cfg.data.val_sr)
+    heldout = instantiate(cfg.data.val_sr, degradation=degradation)  # scored on the lq images it was fitted on
     history: list[dict[str, float]] = []
 
     def evaluate(step: int, loss: float) -> None:
@@ -291,8 +291,8 @@ def fit_standin_from_config(cfg) -> Path:
         "device": str(device),
         "torch": torch.__version__,
         "settings": OmegaConf.to_container(settings, resolve=True),
-        "degradation": OmegaConf.to_container(degradation_cfg, resolve=True),  # how its lq images were made
-        "heldout": OmegaConf.to_container(cfg.data.val_sr, resolve=True),
+        "degradation": OmegaConf.to_container(degradation_cfg, resolve=True),  # of its lq and held-out inputs
+        "heldout": {**OmegaConf.to_container(cfg.data.val_sr, resolve=True), "degradation": "see 'degradation'"},
         "history": history,
     }
     out = save_standin_vae(model, settings.out, metadata)

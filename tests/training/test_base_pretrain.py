@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from safetensors.torch import save_file
 
 from magicbokeh.errors import ConfigError, MissingWeightsError
+from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.training.base_pretrain import (
     SamplePool,
     fit_autoencoder,
@@ -147,6 +148,13 @@ def test_fitting_script_writes_a_file_the_training_run_loads(tmp_path):
     assert {"target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"} <= set(metadata["history"][-1])
     assert metadata["settings"]["steps"] == 4
     assert metadata["degradation"]["scale"] == cfg.standin_vae.degradation_scale  # the node's pinned recipe
+    # the held-out inputs are degraded the same way: their PSNR is that of the pinned-scale val_sr set
+    heldout = instantiate(
+        cfg.data.val_sr, degradation=instantiate(cfg.degradation, scale=metadata["degradation"]["scale"])
+    )
+    pairs = [heldout[i] for i in range(len(heldout))]
+    expected_input = sum(psnr(p["lq"][None], p["target"][None]).item() for p in pairs) / len(pairs)
+    assert metadata["history"][-1]["input_psnr"] == pytest.approx(expected_input)
 
     run = compose_config(
         "train",
