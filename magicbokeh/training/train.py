@@ -8,7 +8,7 @@ Run directory layout::
     metrics.jsonl  wandb/  checkpoints/step_NNNNNN/  val/step_NNNNNN_<task>.png
     init_eval.json       held-out scores of the model before training (its own initialisation)
     final/               model.save_pretrained (what scripts/evaluate.py ckpt=... consumes)
-    final_eval.{json,md} PSNR/LPIPS per task: upsampled input vs initialisation vs trained
+    final_eval.{json,md} PSNR/LPIPS per task: input vs initialisation vs trained (+ colour-fixed variants)
 """
 
 from __future__ import annotations
@@ -138,17 +138,32 @@ def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
 def _final_evaluation(
     validator: Validator, model: torch.nn.Module, device: torch.device, run_dir: Path, init_scores: dict[str, float]
 ) -> dict[str, dict[str, float]]:
+    trained = validator.evaluate_model(model, device)
     columns = {
         "upsampled input": validator.evaluate_upsampled_input(device),
         "initialisation": init_scores,
-        "trained": validator.evaluate_model(model, device),
+        "trained": trained,
         # Same model, defocus map zeroed: on the bokeh set, the gap to "trained" is what the condition contributes.
         "trained, defocus zeroed": validator.evaluate_model(model, device, zero_defocus=True),
     }
-    table = write_final_report(run_dir, columns, list(validator.datasets))
     heading = "Held-out validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"
+    if validator.color_fix != "none":
+        fix = f"{validator.color_fix} colour fix"
+        columns[f"initialisation + {fix}"] = _color_fixed_scores(init_scores)
+        columns[f"trained + {fix}"] = _color_fixed_scores(trained)
+        heading += (
+            f'\n("+ {fix}": the network\'s output corrected against the upsampled input, as the inference pipeline'
+            f" does with color_fix={validator.color_fix}; the other columns are the network alone)"
+        )
+    table = write_final_report(run_dir, columns, list(validator.datasets))
     print(f"\n{heading}\n{table}\n(saved in {run_dir / 'final_eval.md'})")
     return columns
+
+
+def _color_fixed_scores(scores: dict[str, float]) -> dict[str, float]:
+    """``{"sr/psnr_color_fixed": v}`` → ``{"sr/psnr": v}``: the colour-fixed scores as a column of their own."""
+    suffix = "_color_fixed"
+    return {key.removesuffix(suffix): value for key, value in scores.items() if key.endswith(suffix)}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -246,6 +261,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out_dir=run_dir / "val",
         lpips_model=lpips_model if validation_cfg.lpips else None,
         grid_rows=int(validation_cfg.grid_rows),
+        color_fix=str(validation_cfg.color_fix),
     )
     tracker = Tracker(
         run_dir,

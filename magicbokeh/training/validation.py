@@ -3,6 +3,10 @@
 The held-out sets are the data config's ``val_bokeh`` / ``val_sr`` datasets, seeded per sample, so every
 validation pass (and every run with the same config) sees exactly the same images. Validation runs on the main
 process only: the sets are small, and the model is unwrapped so no collective call is involved.
+
+With ``color_fix`` set, every model output is also scored after the inference pipeline's colour correction against
+the upsampled input (:mod:`magicbokeh.inference.color_fix`), under ``<task>/<metric>_color_fixed``: the network
+alone and the network as ``scripts/render.py`` runs it are then both on record.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from magicbokeh.data.io import images_to_pixel_values, write_image
+from magicbokeh.errors import ConfigError
 from magicbokeh.evaluation.baselines import resize_to
 from magicbokeh.evaluation.metrics import psnr
+from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix
 from magicbokeh.training.data_streams import collate_samples
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
@@ -36,36 +42,48 @@ class Validator:
         out_dir: str | os.PathLike,
         lpips_model: nn.Module | None = None,
         grid_rows: int = 4,
+        color_fix: str = "none",
     ) -> None:
+        if color_fix not in COLOR_FIX_METHODS:
+            raise ConfigError(f"validation color_fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
         self.datasets = dict(datasets)
         self.batch_size = int(batch_size)
         self.out_dir = Path(out_dir)
         self.lpips_model = lpips_model
         self.grid_rows = int(grid_rows)
+        self.color_fix = color_fix
 
     def _batches(self, task: str):
         loader = DataLoader(self.datasets[task], batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
         yield from loader
 
     @torch.no_grad()
-    def _score(self, predict, task: str, device: torch.device) -> tuple[dict[str, float], torch.Tensor | None]:
-        psnrs, lpips_values, rows = [], [], []
+    def _score(
+        self, predict, task: str, device: torch.device, fix_colors: bool = True
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Mean PSNR (and LPIPS) of ``predict``'s outputs on ``task``'s set, plus the ``_color_fixed`` variants when
+        a colour fix is configured and ``fix_colors``; the grid's rows are input | output [| fixed] | target."""
+        scores: dict[str, list[torch.Tensor]] = {}
+        rows = []
+        fixing = fix_colors and self.color_fix != "none"
         for batch in self._batches(task):
             lq = batch["lq"].to(device)
             target = batch["target"].to(device)
             output = predict(lq, batch["defocus"].to(device), target.shape[-2:]).float().clamp(0, 1)
-            psnrs.append(psnr(output, target).cpu())
-            if self.lpips_model is not None:
-                self.lpips_model.to(device)
-                lpips_values.append(
-                    self.lpips_model(images_to_pixel_values(output), images_to_pixel_values(target)).flatten().cpu()
-                )
+            upsampled = resize_to(lq, target.shape[-2:])
+            variants = {"": output}
+            if fixing:
+                # The pipeline's correction, against the same bicubic upsampling it uses (on CPU, as there).
+                variants["_color_fixed"] = color_fix(output.cpu(), upsampled.cpu(), self.color_fix).to(device)
+            for suffix, images in variants.items():
+                scores.setdefault(f"psnr{suffix}", []).append(psnr(images, target).cpu())
+                if self.lpips_model is not None:
+                    self.lpips_model.to(device)
+                    distance = self.lpips_model(images_to_pixel_values(images), images_to_pixel_values(target))
+                    scores.setdefault(f"lpips{suffix}", []).append(distance.flatten().cpu())
             if sum(len(r) for r in rows) < self.grid_rows:
-                shown = resize_to(lq, target.shape[-2:])
-                rows.append(torch.cat([shown, output, target], dim=-1)[: self.grid_rows].cpu())
-        metrics = {"psnr": torch.cat(psnrs).mean().item()}
-        if lpips_values:
-            metrics["lpips"] = torch.cat(lpips_values).mean().item()
+                rows.append(torch.cat([upsampled, *variants.values(), target], dim=-1)[: self.grid_rows].cpu())
+        metrics = {name: torch.cat(values).mean().item() for name, values in scores.items()}
         grid = torch.cat(rows)[: self.grid_rows] if rows else None
         return metrics, grid
 
@@ -89,7 +107,7 @@ class Validator:
                 metrics, grid = self._score(predict, task, device)
                 results.update({f"{task}/{name}": value for name, value in metrics.items()})
                 if step is not None and grid is not None:
-                    # One image per task: rows of (input | output | target), stacked vertically.
+                    # One image per task: rows of (input | output [| colour-fixed] | target), stacked vertically.
                     write_image(self.grid_path(task, step), torch.cat(list(grid), dim=-2))
         finally:
             model.train(was_training)
@@ -99,7 +117,8 @@ class Validator:
         """Scores of the bicubic-upsampled LQ input itself (the "do nothing" baseline)."""
         results = {}
         for task in self.datasets:
-            metrics, _ = self._score(lambda lq, defocus, size: resize_to(lq, size), task, device)
+            # No colour-fixed variant: the input corrected against itself is the input.
+            metrics, _ = self._score(lambda lq, defocus, size: resize_to(lq, size), task, device, fix_colors=False)
             results.update({f"{task}/{name}": value for name, value in metrics.items()})
         return results
 

@@ -58,11 +58,14 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     assert results["steps_per_s"] > 0
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1
-    # Final table: three columns × two tasks, also on disk.
+    # Final table: the network's columns + the smoke's wavelet-colour-fixed ones × two tasks, also on disk.
     scores = json.loads((run_dir / "final_eval.json").read_text())
-    assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed"}
-    assert all(set(column) == {"bokeh/psnr", "sr/psnr"} for column in scores.values())
+    fixed = ["initialisation + wavelet colour fix", "trained + wavelet colour fix"]
+    assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed", *fixed}
+    assert all({"bokeh/psnr", "sr/psnr"} <= set(column) for column in scores.values())
     assert all(value > 0 for value in scores["initialisation"].values())
+    for name, source in zip(fixed, ["initialisation", "trained"], strict=True):
+        assert scores[name] == {task: scores[source][f"{task}_color_fixed"] for task in ("bokeh/psnr", "sr/psnr")}
     assert "| bokeh |" in (run_dir / "final_eval.md").read_text()
     assert (run_dir / "val" / "step_000002_bokeh.png").is_file()
     # The final model and the checkpoint's exported model load with the model's own loader.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from magicbokeh.errors import ConfigError
 from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.training.validation import Validator, write_final_report
 
@@ -52,3 +55,39 @@ def test_zero_defocus_readout_isolates_the_condition(tmp_path):
     table = write_final_report(tmp_path, {"upsampled input": baseline, "trained, defocus zeroed": zeroed}, ["bokeh"])
     assert "trained, defocus zeroed" in table
     assert set(json.loads((tmp_path / "final_eval.json").read_text())) == {"upsampled input", "trained, defocus zeroed"}
+
+
+class _TintedTarget(nn.Module):
+    """Returns the target with a colour cast: the drift a colour fix against the input is meant to remove."""
+
+    def __init__(self, targets: torch.Tensor, tint: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.targets, self.tint = targets, torch.tensor(tint).view(1, 3, 1, 1)
+
+    def forward(self, lq: torch.Tensor, defocus: torch.Tensor) -> torch.Tensor:
+        return self.targets[: lq.shape[0]] + self.tint
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_color_fixed_scores_remove_a_cast_and_leave_the_input_alone(tmp_path, method):
+    samples = _samples(size=16)
+    for sample in samples:  # a gentle LQ: the input's colours are the target's
+        sample["lq"] = (sample["target"] + 0.05 * torch.randn_like(sample["target"])).clamp(0, 1)
+    targets = torch.stack([s["target"] for s in samples])
+    validator = Validator({"bokeh": samples}, batch_size=2, out_dir=tmp_path / "val", color_fix=method)
+    device = torch.device("cpu")
+
+    tinted = validator.evaluate_model(_TintedTarget(targets, (0.0, 0.0, 0.15)), device, step=1)
+    assert tinted["bokeh/psnr_color_fixed"] > tinted["bokeh/psnr"] + 3.0
+    # A model that returns the upsampled input: the fix (against that same input) changes nothing.
+    identity = validator.evaluate_model(_BlurWhereDefocused(targets), device, zero_defocus=True)
+    assert abs(identity["bokeh/psnr_color_fixed"] - identity["bokeh/psnr"]) < 0.01
+    # The input baseline has no fixed variant; the grid gains a colour-fixed panel: input | output | fixed | target.
+    assert set(validator.evaluate_upsampled_input(device)) == {"bokeh/psnr"}
+    with Image.open(validator.grid_path("bokeh", 1)) as grid:
+        assert grid.size == (4 * 16, 4 * 16)
+
+
+def test_unknown_color_fix_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="color_fix"):
+        Validator({"bokeh": _samples()}, batch_size=2, out_dir=tmp_path, color_fix="histogram")
