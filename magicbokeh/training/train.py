@@ -32,7 +32,7 @@ from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
 from magicbokeh.training.phases import PhaseSchedule, phase_for_step
 from magicbokeh.training.tracking import Tracker
 from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
-from magicbokeh.training.validation import Validator, write_final_report
+from magicbokeh.training.validation import COLOR_FIXED_SUFFIX, Validator, write_final_report
 from magicbokeh.utils.cli import set_offline_defaults
 from magicbokeh.utils.distributed import build_accelerator
 from magicbokeh.utils.files import atomic_write_text
@@ -162,8 +162,9 @@ def _final_evaluation(
 
 def _color_fixed_scores(scores: dict[str, float]) -> dict[str, float]:
     """``{"sr/psnr_color_fixed": v}`` → ``{"sr/psnr": v}``: the colour-fixed scores as a column of their own."""
-    suffix = "_color_fixed"
-    return {key.removesuffix(suffix): value for key, value in scores.items() if key.endswith(suffix)}
+    return {
+        key.removesuffix(COLOR_FIXED_SUFFIX): value for key, value in scores.items() if key.endswith(COLOR_FIXED_SUFFIX)
+    }
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -31,6 +31,9 @@ from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
+COLOR_FIXED_SUFFIX = "_color_fixed"
+"""Metric-name suffix of the scores taken after the colour fix (``sr/psnr`` → ``sr/psnr_color_fixed``)."""
+
 
 class Validator:
     """Score a model on fixed held-out sets, one per task (``{"bokeh": dataset, "sr": dataset}``)."""
@@ -61,7 +64,7 @@ class Validator:
     def _score(
         self, predict, task: str, device: torch.device, fix_colors: bool = True
     ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Mean PSNR (and LPIPS) of ``predict``'s outputs on ``task``'s set, plus the ``_color_fixed`` variants when
+        """Mean PSNR (and LPIPS) of ``predict``'s outputs on ``task``'s set, plus the colour-fixed variants when
         a colour fix is configured and ``fix_colors``; the grid's rows are input | output [| fixed] | target."""
         scores: dict[str, list[torch.Tensor]] = {}
         rows = []
@@ -74,7 +77,7 @@ class Validator:
             variants = {"": output}
             if fixing:
                 # The pipeline's correction, against the same bicubic upsampling it uses (on CPU, as there).
-                variants["_color_fixed"] = color_fix(output.cpu(), upsampled.cpu(), self.color_fix).to(device)
+                variants[COLOR_FIXED_SUFFIX] = color_fix(output.cpu(), upsampled.cpu(), self.color_fix).to(device)
             for suffix, images in variants.items():
                 scores.setdefault(f"psnr{suffix}", []).append(psnr(images, target).cpu())
                 if self.lpips_model is not None:
