@@ -2,7 +2,7 @@
 
 Each prints ratios against a baseline measured in the same run (never a timed assertion in tests).
 
-  renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.optics.benchmark)
+  renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.data.renderer_benchmark)
   degradation  Real-ESRGAN degradation throughput, samples/s/core             (magicbokeh.data.benchmark)
   model        FAMA vs dense attention; full-size forward time                  (magicbokeh.models.benchmark)
   training     training steps/s per phase: smoke network and SD2.1-sized network (magicbokeh.training.benchmark)
@@ -18,7 +18,7 @@ import sys
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 
 BENCHMARKS = {
-    "renderer": "magicbokeh.optics.benchmark",
+    "renderer": "magicbokeh.data.renderer_benchmark",
     "degradation": "magicbokeh.data.benchmark",
     "model": "magicbokeh.models.benchmark",
     "training": "magicbokeh.training.benchmark",

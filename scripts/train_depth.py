@@ -1,4 +1,4 @@
-"""Distil the degradation-aware depth student (configs/depth.yaml; magicbokeh.depth.distill.train_depth).
+"""Distil the degradation-aware depth student (configs/depth.yaml; magicbokeh.training.depth_distill.train_depth).
 
 python scripts/train_depth.py experiment=depth_smoke                       # CPU, tiny network, minutes
 python scripts/train_depth.py experiment=depth_paper data.train.root=/data/sa1b_200k \
@@ -20,7 +20,7 @@ set_offline_defaults()
 @hydra.main(config_path="../configs", config_name="depth", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from magicbokeh.depth.distill import train_depth
+    from magicbokeh.training.depth_distill import train_depth
 
     train_depth(cfg)
 

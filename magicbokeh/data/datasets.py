@@ -8,7 +8,7 @@
     disparity        1×H×W [0, 1]  clean disparity, 1 = nearest (zeros for SR; zeros when a photo has none)
     focus_disparity  0-d tensor    focal plane, in disparity units (0 for SR)
     K                0-d tensor    blur strength in [0, 32] (0 for SR)
-    defocus          1×H×W [0, 1]  |d − d_f|·K/32 = models.defocus.defocus_map (zeros for SR: pure super-resolution)
+    defocus          1×H×W [0, 1]  |d − d_f|·K/32 = optics.defocus_map (zeros for SR: pure super-resolution)
     meta             dict          index, dataset, source (file or "synthetic"), has_disparity, focus_rule
 
 :class:`DepthDistillDataset` returns ``{"clean": 3×H×W, "degraded": 3×H×W, "meta": {...}}`` instead (plus the exact
@@ -38,8 +38,8 @@ from magicbokeh.data.io import DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, list_imag
 from magicbokeh.data.synthetic import SyntheticSceneGenerator, render_scene
 from magicbokeh.data.transforms import ensure_min_size, random_crop, random_hflip
 from magicbokeh.errors import DatasetError, ParameterError
-from magicbokeh.models.defocus import defocus_map
 from magicbokeh.optics.coc import K_MAX
+from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.optics.render import BokehRenderer
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import sample_generator
@@ -62,7 +62,7 @@ def bokeh_sample(
     *,
     has_disparity: bool = True,
 ) -> dict:
-    """Assemble a ``task="bokeh"`` sample; the defocus map comes from the one formula in ``models.defocus``."""
+    """Assemble a ``task="bokeh"`` sample; the defocus map comes from the one formula in ``optics.defocus``."""
     defocus = defocus_map(disparity[None], focus_disparity, K)[0] if has_disparity else torch.zeros_like(disparity)
     return {
         "lq": lq.float(),

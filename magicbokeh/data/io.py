@@ -1,4 +1,4 @@
-"""Image and disparity I/O with validation, and the one place where value ranges are converted.
+"""Image and disparity I/O with validation: files ↔ tensors.
 
 Tensor contract (DESIGN §3):
 
@@ -8,8 +8,7 @@ Tensor contract (DESIGN §3):
 * **Alpha**: by default (``alpha="drop"``) the alpha channel is dropped with a warning, keeping the stored colour
   of every pixel; ``alpha="composite"`` composites over a background colour instead (white unless given).
 * ``read_disparity`` returns float32 ``1×H×W`` in [0, 1], 1 = nearest (``.npy``, 8/16-bit PNG, TIFF).
-* Network inputs in [−1, 1] are ``pixel_values``: use :func:`images_to_pixel_values` and
-  :func:`pixel_values_to_images`; no other module does this arithmetic.
+* Network inputs in [−1, 1] (``pixel_values``) are the model's business: :mod:`magicbokeh.models.interface`.
 * Writers are atomic (temporary file, then rename), so a failed write never corrupts an existing file.
 
 Every failure is a :class:`~magicbokeh.errors.MagicBokehError` subclass whose message names the file.
@@ -45,18 +44,8 @@ AlphaMode = Literal["drop", "composite"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Range conversions (the only place they happen)
+# Conversions for plotting and encoders
 # --------------------------------------------------------------------------------------------------------------------
-def images_to_pixel_values(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images → [−1, 1] network ``pixel_values``."""
-    return images * 2.0 - 1.0
-
-
-def pixel_values_to_images(pixel_values: torch.Tensor) -> torch.Tensor:
-    """[−1, 1] network output → [0, 1] images (clamped)."""
-    return ((pixel_values + 1.0) * 0.5).clamp(0.0, 1.0)
-
-
 def tensor_to_uint8_array(image: torch.Tensor) -> np.ndarray:
     """``3×H×W`` (or ``1×3×H×W``) [0, 1] tensor → ``H×W×3`` uint8 array (for plotting and encoders)."""
     image = _single_image(image, "image")

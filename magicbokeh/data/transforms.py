@@ -1,7 +1,10 @@
-"""Seeded geometric transforms applied jointly to an image and its aligned maps (disparity, mask, bokeh target).
+"""Geometric transforms: seeded joint crops and flips of an image and its aligned maps, and the bicubic resize.
 
-Every function takes a ``torch.Generator``: the dataset passes the per-sample generator, so a sample's crop and flip
-are part of its reproducible identity. Tensors are ``C×H×W`` and must share H×W.
+The random functions take a ``torch.Generator``: the dataset passes the per-sample generator, so a sample's crop and
+flip are part of its reproducible identity. Their tensors are ``C×H×W`` and must share H×W.
+
+:func:`resize_images` / :func:`upsample` are the one bicubic resize of ``B×C×H×W`` images that inference,
+evaluation and validation share (the model's input is the LQ photo enlarged this way, as in training).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from magicbokeh.errors import InvalidInputError
+from magicbokeh.errors import InvalidInputError, ParameterError
 
 
 def _check_same_size(tensors: Sequence[torch.Tensor]) -> tuple[int, int]:
@@ -35,6 +38,27 @@ def random_hflip(tensors: Sequence[torch.Tensor], generator: torch.Generator, pr
     """Mirror all tensors left-right together with probability ``prob`` (the only augmentation OSEDiff uses)."""
     flip = float(torch.rand((), generator=generator)) < prob
     return [t.flip(-1) if flip else t for t in tensors]
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of ``B×C×H×W`` images in [0, 1] to ``size`` (H, W), clamped: bicubic overshoots at edges.
+
+    Antialiasing only when shrinking: for enlarging it changes nothing but the cost. Same size: returned as is.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(images.shape[-2:]) == size:
+        return images
+    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
+    return resized.clamp_(0.0, 1.0)
+
+
+def upsample(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`resize_images` by a factor: each side becomes ``round(side · scale)`` (at least 1)."""
+    if isinstance(scale, bool) or not (isinstance(scale, int | float) and scale > 0):
+        raise ParameterError(f"scale must be a positive number, got {scale!r}")
+    size = (max(round(images.shape[-2] * scale), 1), max(round(images.shape[-1] * scale), 1))
+    return resize_images(images, size)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from magicbokeh.errors import ConfigError, ParameterError
-from magicbokeh.models.defocus import defocus_map
+from magicbokeh.optics.defocus import defocus_map
 
 MODEL_METHODS = ("model", "two_stage", "model_two_pass")
 RENDERER_METHODS = ("bicubic_renderer", "two_stage")
@@ -28,13 +28,6 @@ METHODS = ("model", "bicubic", "bicubic_renderer", "two_stage", "model_two_pass"
 
 # (images, disparity, focus_disparity, K) -> images
 Renderer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def resize_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize to ``size`` (no antialias when enlarging), clamped: bicubic overshoots [0, 1] at edges."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=False).clamp(0.0, 1.0)
 
 
 def run_model_padded(

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from magicbokeh.evaluation.metrics import rgb_to_y
-from magicbokeh.models.defocus import IN_FOCUS_THRESHOLD, defocus_map, in_focus_mask
 from magicbokeh.optics.coc import K_MAX
+from magicbokeh.optics.defocus import IN_FOCUS_THRESHOLD, defocus_map, in_focus_mask
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 

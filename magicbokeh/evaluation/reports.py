@@ -22,7 +22,7 @@ import numpy as np
 
 from magicbokeh.data.benchmark_index import BenchmarkSample
 from magicbokeh.data.io import read_image, tensor_to_uint8_array
-from magicbokeh.evaluation.baselines import resize_to
+from magicbokeh.data.transforms import resize_images
 from magicbokeh.evaluation.runner import (
     CONTROLLABILITY,
     column_direction,
@@ -96,7 +96,7 @@ def image_grid(
     reference = read_image(target_path) if target_path is not None else None
     source = read_image(sample.lq if input_key == "lq" else sample.hq)
     size = tuple(reference.shape[-2:]) if reference is not None else tuple(source.shape[-2:])
-    panels = [(f"input ({input_key})", resize_to(source.unsqueeze(0), size)[0])]
+    panels = [(f"input ({input_key})", resize_images(source.unsqueeze(0), size)[0])]
     seen = set()
     for method, seed in pairs:
         if method in seen:

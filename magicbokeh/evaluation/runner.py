@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from magicbokeh.data.benchmark_index import BenchmarkSample, load_benchmark_index
 from magicbokeh.data.io import read_disparity, read_image, write_image
+from magicbokeh.data.transforms import resize_images
 from magicbokeh.errors import ConfigError, DatasetError, InvalidInputError
-from magicbokeh.evaluation.baselines import Method, resize_to
+from magicbokeh.evaluation.baselines import Method
 from magicbokeh.evaluation.measures import controllability, in_focus_psnr, laplacian_variance, out_of_focus_region
 from magicbokeh.evaluation.metrics import Metric, get_metric, metric_info
 from magicbokeh.utils.files import atomic_write_text
@@ -86,7 +87,7 @@ def load_sample(sample: BenchmarkSample, input_key: str = "lq") -> SampleData:
     if source is None:
         raise DatasetError(f"sample '{sample.id}' has no '{input_key}' image (needed as the benchmark input)")
     size = output_size(sample)
-    images = resize_to(read_image(source).unsqueeze(0), size)
+    images = resize_images(read_image(source).unsqueeze(0), size)
     if sample.disparity is not None:
         disparity = read_disparity(sample.disparity).unsqueeze(0)
         if tuple(disparity.shape[-2:]) != size:
@@ -208,7 +209,7 @@ def _score_one(
     scores[SHARPNESS_COLUMN] = math.nan
     if data.has_disparity:
         if sample.hq is not None:
-            hq = resize_to(read_image(sample.hq).unsqueeze(0), tuple(prediction.shape[-2:]))
+            hq = resize_images(read_image(sample.hq).unsqueeze(0), tuple(prediction.shape[-2:]))
             scores[IN_FOCUS_COLUMN] = float(
                 in_focus_psnr(prediction, hq, data.disparity, data.focus_disparity, data.K)[0]
             )

@@ -171,7 +171,7 @@ def seam_error(tile: int = 64, stride: int = 32, network: str = "tiny") -> dict[
     from skimage import data
 
     from magicbokeh.inference.tiling import overlap_disagreement
-    from magicbokeh.models.defocus import defocus_map
+    from magicbokeh.optics.defocus import defocus_map
 
     photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
     photo = F.interpolate(photo, size=(tile, tile + stride), mode="bilinear", antialias=True, align_corners=False)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 
 from magicbokeh.inference.pipeline import BokehPipeline, PipelineOutput, Prepared
-from magicbokeh.models.defocus import defocus_map
 from magicbokeh.optics import BokehRenderer
+from magicbokeh.optics.defocus import defocus_map
 
 
 class ClassicalPipeline(BokehPipeline):

@@ -7,7 +7,7 @@ Steps for one image (DESIGN §1 "inference", REFERENCE §1.7):
    upsampled bilinearly;
 3. focus disparity d_f from a value, a clicked point, a subject mask or automatically
    (:mod:`magicbokeh.depth.focus`), on the input-resolution disparity;
-4. ``defocus = |d − d_f| · K/32`` at the output size (:func:`~magicbokeh.models.defocus.defocus_map`);
+4. ``defocus = |d − d_f| · K/32`` at the output size (:func:`~magicbokeh.optics.defocus_map`);
 5. the network tile by tile (:func:`~magicbokeh.inference.tiling.run_tiled`), so device memory depends on the tile
    size only; the image, maps and the blending accumulator live on the CPU in float32;
 6. colour fix against the upsampled input (:mod:`magicbokeh.inference.color_fix`).
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from magicbokeh.data.transforms import upsample
 from magicbokeh.depth.focus import focus_auto, focus_from_mask, focus_from_point
 from magicbokeh.errors import ConfigError, InvalidInputError, ParameterError
 from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix
 from magicbokeh.inference.tiling import check_tiling, run_tiled
-from magicbokeh.models.defocus import defocus_map
 from magicbokeh.optics.coc import check_K
+from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -83,20 +84,6 @@ def _model_device(model: object) -> torch.device:
         for parameter in parameters():
             return parameter.device
     return torch.device("cpu")
-
-
-def upsample(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bicubic resize of ``B×C×H×W`` by ``scale`` (output side = round(side · scale)), clamped to [0, 1].
-
-    Antialiasing only when shrinking: for enlarging it changes nothing but the cost.
-    """
-    if not (isinstance(scale, int | float) and scale > 0):
-        raise ParameterError(f"scale must be a positive number, got {scale!r}")
-    if scale == 1:
-        return images
-    size = (max(round(images.shape[-2] * scale), 1), max(round(images.shape[-1] * scale), 1))
-    resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
-    return resized.clamp_(0.0, 1.0)
 
 
 def _as_map(tensor: torch.Tensor, name: str) -> torch.Tensor:

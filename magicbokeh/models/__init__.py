@@ -1,7 +1,7 @@
 """The MagicBokeh network: build, UNet surgery, LoRA, defocus ControlNet, FAMA, one-step forward, checkpoints.
 
-Public names are resolved lazily, so that ``magicbokeh.models.defocus`` (used by data code) does not import
-diffusers.
+Public names are resolved lazily, so that importing a light submodule (``magicbokeh.models.interface``) does not
+import diffusers.
 """
 
 from __future__ import annotations

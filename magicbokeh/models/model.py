@@ -24,22 +24,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from magicbokeh.data.io import images_to_pixel_values, pixel_values_to_images
 from magicbokeh.errors import ConfigError, InvalidInputError, MissingWeightsError
 from magicbokeh.models.attention import FOCUS_KWARG, FocusRegions
-from magicbokeh.models.defocus import defocus_to_condition, in_focus_mask
+from magicbokeh.models.interface import defocus_to_condition, images_to_pixel_values, pixel_values_to_images
+from magicbokeh.optics.defocus import in_focus_mask
 from magicbokeh.utils.files import atomic_path, atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-PHASES = ("sr_pretrain", "bokeh", "sr", "joint")
 _PHASE_GROUPS = {
     "sr_pretrain": ("vae_lora", "sr_lora", "conv_in"),
     "bokeh": ("controlnet", "bokeh_lora"),
     "sr": ("sr_lora",),
     "joint": ("vae_lora", "sr_lora", "conv_in", "controlnet", "bokeh_lora"),
 }
+PHASES = tuple(_PHASE_GROUPS)
+"""The training phases, one per trainable group set (``set_phase``); the trainer's schedule names only these."""
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -69,7 +70,7 @@ class MagicBokehModel(nn.Module):
     """One-step SR + controllable bokeh. Build with :func:`magicbokeh.models.build_model`.
 
     ``forward(lq_images, defocus)``: ``B×3×H×W`` images in [0, 1] and ``B×1×H×W`` defocus in [0, 1] (see
-    :func:`magicbokeh.models.defocus.defocus_map`; all-zero = pure super-resolution) → ``B×3×H×W`` float32 in
+    :func:`magicbokeh.optics.defocus_map`; all-zero = pure super-resolution) → ``B×3×H×W`` float32 in
     [0, 1]. H and W must be multiples of :attr:`stride`.
     """
 
@@ -83,6 +84,9 @@ class MagicBokehModel(nn.Module):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.stride = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
+        # How the weights were trained (degradation, crop size, CoC scale): set by the trainer, saved in config.json
+        # beside the build arguments, so evaluation can warn when a benchmark was degraded another way.
+        self.training_info: dict[str, Any] = {}
         self.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------------ properties
@@ -220,13 +224,14 @@ class MagicBokehModel(nn.Module):
         return {name: tensor for name, tensor in state.items() if parameter_group(name) is not None}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` (trainable weights) and ``config.json`` (build arguments) atomically."""
+        """Write ``model.safetensors`` (trainable weights) and ``config.json`` (build arguments and
+        :attr:`training_info`) atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in self.checkpoint_state_dict().items()}
         with atomic_path(directory / WEIGHTS_NAME) as temp:
             save_file(tensors, str(temp), metadata={"format": "pt", "magicbokeh_format": str(FORMAT_VERSION)})
-        document = {"format_version": FORMAT_VERSION, "build": self.config}
+        document = {"format_version": FORMAT_VERSION, "build": self.config, "training": self.training_info}
         atomic_write_text(directory / CONFIG_NAME, json.dumps(document, indent=2) + "\n")
         return directory
 
@@ -265,5 +270,6 @@ class MagicBokehModel(nn.Module):
             build["sd21_path"] = str(sd21_path)
         model = build_model(**build)
         model.load_checkpoint_weights(load_file(str(directory / WEIGHTS_NAME)))
+        model.training_info = dict(document.get("training") or {})
         logger.info("loaded MagicBokeh checkpoint %s", directory)
         return model

@@ -58,12 +58,12 @@ def coc_radius_px(
 
     ``focus_disparity`` and ``blur_px`` may be floats or per-sample tensors of shape ``B``.
     """
-    focus = _per_sample(focus_disparity, disparity)
-    blur = _per_sample(blur_px, disparity)
+    focus = per_sample(focus_disparity, disparity)
+    blur = per_sample(blur_px, disparity)
     return blur * (disparity - focus).abs()
 
 
-def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A float or a length-B tensor → a tensor broadcastable against ``B×1×H×W``."""
     tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     return tensor.reshape(-1, 1, 1, 1) if tensor.ndim == 1 else tensor

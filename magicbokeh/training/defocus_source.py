@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from magicbokeh.depth.focus import focus_from_mask
-from magicbokeh.models.defocus import defocus_map, in_focus_mask
+from magicbokeh.optics.defocus import defocus_map, in_focus_mask
 
 
 class DepthDefocus:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magicbokeh.data.io import images_to_pixel_values
 from magicbokeh.errors import ConfigError, missing_weights
+from magicbokeh.models.interface import images_to_pixel_values
 
 TORCHVISION_BACKBONES = {
     # lpips net name → (torchvision file name, where to obtain it)

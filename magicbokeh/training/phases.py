@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from magicbokeh.errors import ConfigError
-
-PHASES = ("sr_pretrain", "bokeh", "sr", "joint")
-"""The model's trainable groups (``model.set_phase(phase)``): see DESIGN §1 "alternating training"."""
+from magicbokeh.models.model import PHASES  # the model's trainable groups: a phase trains exactly one of them
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,24 @@ def _color_fixed_scores(scores: dict[str, float]) -> dict[str, float]:
     }
 
 
+def training_info(cfg: DictConfig) -> dict[str, Any]:
+    """What the saved model records about its training data (``config.json`` → ``training``): the degradation
+    (preset name and settings), crop size and CoC scale, so evaluation can flag a benchmark made another way."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    degradation = OmegaConf.to_container(cfg.degradation, resolve=True) if "degradation" in cfg else None
+    if isinstance(degradation, dict):
+        degradation.pop("_target_", None)
+    return {
+        "experiment": str(cfg.task_name),
+        "degradation_preset": choices.get("degradation"),
+        "degradation": degradation,
+        "crop_size": OmegaConf.select(cfg, "data.crop_size"),
+        "max_coc_px": OmegaConf.select(cfg, "data.max_coc_px"),
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; returns the final scores and the measured steps/s."""
     set_offline_defaults()
@@ -182,6 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---- objects, built once from the config
     model = instantiate(cfg.model)
+    model.training_info = training_info(cfg)
     vsd_settings = vsd_settings_from_config(trainer_cfg, settings)
     phases = settings.schedule.phases_used(settings.max_steps)
     sources = {settings.phases[p].data for p in phases}

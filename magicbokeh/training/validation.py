@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from magicbokeh.data.io import images_to_pixel_values, write_image
+from magicbokeh.data.io import write_image
+from magicbokeh.data.transforms import resize_images
 from magicbokeh.errors import ConfigError
-from magicbokeh.evaluation.baselines import resize_to
 from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix
+from magicbokeh.models.interface import images_to_pixel_values
 from magicbokeh.training.data_streams import collate_samples
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
@@ -73,7 +74,7 @@ class Validator:
             lq = batch["lq"].to(device)
             target = batch["target"].to(device)
             output = predict(lq, batch["defocus"].to(device), target.shape[-2:]).float().clamp(0, 1)
-            upsampled = resize_to(lq, target.shape[-2:])
+            upsampled = resize_images(lq, target.shape[-2:])
             variants = {"": output}
             if fixing:
                 # The pipeline's correction, against the same bicubic upsampling it uses (on CPU, as there).
@@ -121,7 +122,7 @@ class Validator:
         results = {}
         for task in self.datasets:
             # No colour-fixed variant: the input corrected against itself is the input.
-            metrics, _ = self._score(lambda lq, defocus, size: resize_to(lq, size), task, device, fix_colors=False)
+            metrics, _ = self._score(lambda lq, defocus, size: resize_images(lq, size), task, device, fix_colors=False)
             results.update({f"{task}/{name}": value for name, value in metrics.items()})
         return results
 

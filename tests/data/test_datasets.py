@@ -18,7 +18,7 @@ from magicbokeh.data.datasets import (
 from magicbokeh.data.degradations import RealESRGANDegradation
 from magicbokeh.data.io import write_disparity, write_image
 from magicbokeh.errors import DatasetError, ImageReadError, MagicBokehError
-from magicbokeh.models.defocus import defocus_map
+from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.utils.config import compose_config
 
 SIZE = 40

@@ -12,10 +12,8 @@ from PIL import Image, ImageOps
 
 from magicbokeh.data.io import (
     _apply_exif_orientation,
-    images_to_pixel_values,
     list_images,
     normalize_disparity,
-    pixel_values_to_images,
     read_disparity,
     read_image,
     write_disparity,
@@ -283,14 +281,6 @@ def test_disparity_round_trip(tmp_path, suffix):
     write_disparity(tmp_path / f"d{suffix}", disparity)
     tolerance = 0.0 if suffix == ".npy" else 0.5 / 65535 + 1e-7
     assert (read_disparity(tmp_path / f"d{suffix}") - disparity).abs().max() <= tolerance
-
-
-def test_pixel_value_conversion_round_trip():
-    images = torch.rand(2, 3, 4, 4)
-    pixel_values = images_to_pixel_values(images)
-    assert pixel_values.min() >= -1 and pixel_values.max() <= 1
-    torch.testing.assert_close(pixel_values_to_images(pixel_values), images)
-    assert pixel_values_to_images(torch.tensor([-3.0, 3.0])).tolist() == [0.0, 1.0]
 
 
 def test_list_images_sorted_and_filtered(tmp_path, rgb8):

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from magicbokeh.data.datasets import DepthDistillDataset, SyntheticBokehDataset
 from magicbokeh.data.degradations import RealESRGANDegradation
-from magicbokeh.models.defocus import defocus_map
+from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.utils.config import CONFIG_DIR, compose_config
 
 KEYS = {"lq", "target", "task", "disparity", "focus_disparity", "K", "defocus", "meta"}

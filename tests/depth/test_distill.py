@@ -12,8 +12,6 @@ from magicbokeh.data.degradations import RealESRGANDegradation
 from magicbokeh.depth import build_depth_model
 from magicbokeh.depth.distill import (
     DistillLossWeights,
-    DistillSettings,
-    distill,
     distillation_loss,
     feature_distillation_loss,
     gradient_matching_loss,
@@ -21,6 +19,7 @@ from magicbokeh.depth.distill import (
     ssi_normalize,
 )
 from magicbokeh.depth.model import DepthForward
+from magicbokeh.training.depth_distill import DistillSettings, distill
 from magicbokeh.training.tracking import read_metrics
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from magicbokeh.data.transforms import upsample
 from magicbokeh.errors import ConfigError, InvalidInputError, ParameterError
-from magicbokeh.inference.pipeline import MagicBokehPipeline, merge_lora_adapters, resolve_dtype, upsample
+from magicbokeh.inference.pipeline import MagicBokehPipeline, merge_lora_adapters, resolve_dtype
 
 
 class PointwiseModel(torch.nn.Module):

@@ -71,6 +71,9 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     # The final model and the checkpoint's exported model load with the model's own loader.
     final = MagicBokehModel.from_pretrained(run_dir / "final")
     assert isinstance(final, MagicBokehModel)
+    # It records how it was trained, so evaluation can tell a benchmark degraded another way.
+    assert final.training_info["degradation"]["scale"] == 2 and final.training_info["crop_size"] == 16
+    assert final.training_info["experiment"] == "smoke" and final.training_info["max_coc_px"] == 12.0
     assert (run_dir / "checkpoints" / "step_000004" / "model" / "config.json").is_file()
 
 

@@ -1,18 +1,18 @@
-"""The model's defocus condition (DESIGN §1, official convention) and the FAMA in-focus rule.
+"""The defocus map the model is conditioned on, and FAMA's in-focus rule (DESIGN §1, official convention).
 
     defocus = |d − d_f| · K / 32 ∈ [0, 1]
 
-All-zero defocus means "pure super-resolution" (every pixel in focus, FAMA mask ≡ 0). The network sees the map
-repeated to three channels and mapped to [−1, 1] (:func:`defocus_to_condition`).
+It is the circle of confusion of :mod:`magicbokeh.optics.coc` in units of ``max_coc_px`` (the renderer draws radius
+``defocus · max_coc_px``), so a rendered training pair and the model's condition agree by construction. All-zero
+defocus means "pure super-resolution" (every pixel in focus, FAMA mask ≡ 0).
 """
 
 from __future__ import annotations
 
 import torch
 
-from magicbokeh.data.io import images_to_pixel_values
 from magicbokeh.errors import InvalidInputError, ParameterError
-from magicbokeh.optics.coc import K_MAX, _per_sample, check_K
+from magicbokeh.optics.coc import K_MAX, check_K, per_sample
 
 IN_FOCUS_THRESHOLD = 0.1
 """A pixel is in focus when its defocus is ≤ 0.1 (official release: ``1 − (defocus > 0.1)``)."""
@@ -38,8 +38,8 @@ def defocus_map(
     if not torch.isfinite(focus).all() or (focus < 0).any() or (focus > 1).any():
         raise ParameterError(f"focus_disparity must be in [0, 1], got {focus_disparity}")
     check_K(K)
-    strength = _per_sample(K, disparity) / K_MAX
-    return ((disparity - _per_sample(focus_disparity, disparity)).abs() * strength).clamp(0.0, 1.0)
+    strength = per_sample(K, disparity) / K_MAX
+    return ((disparity - per_sample(focus_disparity, disparity)).abs() * strength).clamp(0.0, 1.0)
 
 
 def in_focus_mask(defocus: torch.Tensor, threshold: float = IN_FOCUS_THRESHOLD) -> torch.Tensor:
@@ -47,12 +47,3 @@ def in_focus_mask(defocus: torch.Tensor, threshold: float = IN_FOCUS_THRESHOLD) 
     if defocus.ndim != 4 or defocus.shape[1] != 1:
         raise InvalidInputError(f"defocus must be B×1×H×W, got shape {tuple(defocus.shape)}")
     return defocus <= threshold
-
-
-def defocus_to_condition(defocus: torch.Tensor) -> torch.Tensor:
-    """``B×1×H×W`` defocus in [0, 1] → the ControlNet condition ``B×3×H×W`` in [−1, 1]."""
-    if defocus.ndim != 4 or defocus.shape[1] != 1:
-        raise InvalidInputError(f"defocus must be B×1×H×W, got shape {tuple(defocus.shape)}")
-    if not torch.isfinite(defocus).all():
-        raise InvalidInputError("defocus contains NaN or Inf")
-    return images_to_pixel_values(defocus.clamp(0.0, 1.0).expand(-1, 3, -1, -1))

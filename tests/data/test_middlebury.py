@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from magicbokeh.data.middlebury import fill_occlusions, load_stereo_motorcycle, motorcycle_focus
+from magicbokeh.data.renderer_benchmark import write_grid
 from magicbokeh.optics import render_bokeh
-from magicbokeh.optics.benchmark import _fill_occlusions, load_stereo_motorcycle, motorcycle_focus, write_grid
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_occlusion_holes_are_filled_with_the_farther_surface():
     inf = float("inf")
     raw = np.array([[inf, 5.0, inf, inf, 2.0, inf], [3.0, inf, 4.0, 0.0, 6.0, 6.0]])
     expected = np.array([[5.0, 5.0, 2.0, 2.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0, 6.0, 6.0]])
-    np.testing.assert_array_equal(_fill_occlusions(raw), expected)
+    np.testing.assert_array_equal(fill_occlusions(raw), expected)
 
 
 @pytest.mark.parametrize("method", ["layered", "scatter"])

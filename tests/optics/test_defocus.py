@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from magicbokeh.errors import InvalidInputError, ParameterError
-from magicbokeh.models.defocus import defocus_map, defocus_to_condition, in_focus_mask
 from magicbokeh.optics.coc import K_for_blur_px, blur_px_for_K, coc_radius_px
+from magicbokeh.optics.defocus import defocus_map, in_focus_mask
 
 
 def _disparity():
@@ -29,11 +29,9 @@ def test_defocus_values_and_per_sample_arguments():
     assert defocus_map(disparity, 0.3, 0.0).abs().max() == 0  # K = 0: pure super-resolution
 
 
-def test_in_focus_rule_and_condition_range():
+def test_in_focus_rule():
     defocus = torch.tensor([0.0, 0.1, 0.1001, 1.0]).reshape(1, 1, 1, 4)
     assert in_focus_mask(defocus).flatten().tolist() == [True, True, False, False]
-    condition = defocus_to_condition(defocus)
-    assert condition.shape == (1, 3, 1, 4) and condition.min() == -1 and condition.max() == 1
 
 
 def test_K_round_trip_and_range_errors():

@@ -1,0 +1,66 @@
+"""Results files: what they record, and README tables that cannot drift from them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from magicbokeh.errors import ConfigError
+from magicbokeh.utils import results
+from magicbokeh.utils.results import REPO_ROOT, Table, main, read_results, render_markdown, write_results
+
+
+def _write_example(directory):
+    table = Table(["task", "psnr"], [["bokeh", 21.404], ["sr", 22.3149]], ["", ".2f"])
+    return write_results(
+        "example", {"bokeh": 21.404}, title="an example", tables={"main": table}, command="python x.py",
+        seed=3, out_dir=directory,
+    )  # fmt: skip
+
+
+def test_a_results_file_records_command_commit_hardware_and_versions(tmp_path):
+    document = json.loads(_write_example(tmp_path).read_text())
+    assert document["command"] == "python x.py" and document["seed"] == 3 and document["schema"] == 1
+    env = document["environment"]
+    assert set(env) >= {"date", "commit", "dirty", "cpu", "cpu_cores", "gpus", "cuda", "python", "versions"}
+    assert env["versions"]["torch"] and env["cpu_cores"] >= 1
+    assert len(env["commit"]) == 40  # the tests run inside the repository's git checkout
+    assert read_results("example", tmp_path)["figures"] == {"bokeh": 21.404}
+
+
+def test_tables_render_with_their_formats_and_a_source_line(tmp_path):
+    _write_example(tmp_path)
+    text = "before\n<!-- results: example#main -->\nstale\n<!-- /results -->\nafter\n"
+    rendered = render_markdown(text, tmp_path)
+    assert "| bokeh | 21.40 |" in rendered and "| sr | 22.31 |" in rendered and "stale" not in rendered
+    assert "`results/example.json` · `python x.py`" in rendered
+    assert rendered.startswith("before\n") and rendered.endswith("after\n")
+    assert render_markdown(rendered, tmp_path) == rendered  # idempotent
+
+
+def test_check_fails_when_a_rendered_number_is_edited(tmp_path, monkeypatch):
+    _write_example(tmp_path)
+    monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
+    page = tmp_path / "page.md"
+    page.write_text(render_markdown("<!-- results: example#main -->\n<!-- /results -->\n", tmp_path))
+    assert main(["--check", str(page)]) == 0
+    page.write_text(page.read_text().replace("22.31", "22.41"))
+    assert main(["--check", str(page)]) == 1
+    assert main([str(page)]) == 0 and "22.31" in page.read_text()  # without --check it re-renders
+
+
+def test_unknown_table_and_bad_names_are_errors(tmp_path):
+    _write_example(tmp_path)
+    with pytest.raises(ConfigError, match="no table 'other'"):
+        render_markdown("<!-- results: example#other -->\n<!-- /results -->", tmp_path)
+    with pytest.raises(ConfigError, match="no results file"):
+        read_results("missing", tmp_path)
+    with pytest.raises(ConfigError, match="may only hold"):
+        write_results("../escape", {}, title="x", out_dir=tmp_path)
+
+
+def test_readme_tables_agree_with_their_results_files():
+    """Every generated block of the README equals what its results file renders (edit a number: this fails)."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert render_markdown(readme) == readme, "README is out of date: python -m magicbokeh.utils.results README.md"
