@@ -38,6 +38,7 @@ from magicbokeh.data.degradations import (
     random_resize,
     sample_noise,
 )
+from magicbokeh.data.diff_jpeg import diff_jpeg
 from magicbokeh.errors import InvalidInputError, ParameterError
 from magicbokeh.utils.config import compose_config
 
@@ -392,3 +393,13 @@ def test_engine_options_are_checked():
         RealESRGANDegradation(resize_grid="nearest")
     with pytest.raises(ParameterError, match="gray_noise_luma"):
         RealESRGANDegradation(gray_noise_luma=[0.5, 0.5])
+
+
+@pytest.mark.gpu
+def test_osediff_preset_runs_on_cuda_and_its_jpeg_matches_the_cpu(osediff):
+    images = _smooth_image(64, batch=2)
+    out = osediff(images.cuda(), torch.Generator(device="cuda").manual_seed(0))
+    assert out.device == images.cuda().device and out.shape == images.shape
+    assert torch.equal(out, osediff(images.cuda(), torch.Generator(device="cuda").manual_seed(0)))
+    # float summation order differs between devices, so a coefficient on a rounding boundary may flip: compare means
+    assert float((diff_jpeg(images.cuda(), 50).cpu() - diff_jpeg(images, 50)).abs().mean()) < 1e-4
