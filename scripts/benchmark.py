@@ -4,6 +4,7 @@ Each prints ratios against a baseline measured in the same run (never a timed as
 
   renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.data.renderer_benchmark)
   degradation  Real-ESRGAN degradation throughput, samples/s/core             (magicbokeh.data.benchmark)
+  degradation-presets  PSNR of LQ vs HQ, ours vs OSEDiff's engine, same params (magicbokeh.data.degradation_presets)
   model        FAMA vs dense attention; full-size forward time                  (magicbokeh.models.benchmark)
   training     training steps/s per phase: smoke network and SD2.1-sized network (magicbokeh.training.benchmark)
   inference    peak memory and time vs image size for the tiled pipeline       (magicbokeh.inference.benchmark)
@@ -20,6 +21,7 @@ from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 BENCHMARKS = {
     "renderer": "magicbokeh.data.renderer_benchmark",
     "degradation": "magicbokeh.data.benchmark",
+    "degradation-presets": "magicbokeh.data.degradation_presets",
     "model": "magicbokeh.models.benchmark",
     "training": "magicbokeh.training.benchmark",
     "inference": "magicbokeh.inference.benchmark",

@@ -2,9 +2,10 @@
 
 Three layers, BasicSR style:
 
-* **Deterministic operations** (``add_blur``, ``add_resize``, ``add_gaussian_noise``, ``add_poisson_noise``,
-  ``add_jpeg``, ``quantize_8bit``) and kernel builders (``mixed_kernel``, ``circular_lowpass_kernel``). Given their
-  parameters (and, for noise, a generator) they always return the same tensor.
+* **Deterministic operations** (``add_blur``, ``add_resize``, ``add_resize_by_factor``, ``add_gaussian_noise``,
+  ``add_poisson_noise``, ``add_jpeg``, ``quantize_8bit``; ``diff_jpeg`` in :mod:`magicbokeh.data.diff_jpeg`) and
+  kernel builders (``mixed_kernel``, ``circular_lowpass_kernel``). Given their parameters (and, for noise, a
+  generator) they always return the same tensor.
 * **Random wrappers** (``random_add_blur``, ``random_resize``, ``random_add_noise``, ``random_add_jpeg``) that draw the
   parameters from a ``torch.Generator`` and call the deterministic operation.
 * :class:`RealESRGANDegradation`, which first draws *all* parameters of one image into a
@@ -21,8 +22,16 @@ Pipeline for an HR image of size H×W (``scale`` s, default 4)::
     → resize back to H×W (random mode) → clamp and round to 8 bits
 
 Images are ``B×3×H×W`` float in [0, 1] on any device. A batch is processed image by image with one generator, so
-``degrade(batch, g)`` equals degrading the images one after another with the same generator. JPEG goes through the
-real codec (OpenCV, CPU). Every random draw comes from the generator passed in, never from a global RNG.
+``degrade(batch, g)`` equals degrading the images one after another with the same generator. Every random draw comes
+from the generator passed in, never from a global RNG.
+
+The engine has two settings. Ours (the default; presets ``realesrgan``, ``zoom``): JPEG through the real codec
+(libjpeg via OpenCV, CPU, on 8-bit images), resize sizes rounded (round(H·r)), grey Poisson noise on BT.601 luma, the
+LR image rounded to 8 bits before it is resized back. OSEDiff's (preset ``osediff``): its differentiable JPEG
+(:func:`~magicbokeh.data.diff_jpeg.diff_jpeg` with BasicSR's transposed tables), the first resize by
+``F.interpolate(scale_factor=r1)`` and the later sizes truncated (int(H/s·r2), H // s), torchvision's grey weights
+(0.2989 for red), one 8-bit rounding at the end. With the same sampled parameters OSEDiff's engine gives an LQ image
+further from the HQ one (``python scripts/benchmark.py degradation-presets`` measures by how much and why).
 """
 
 from __future__ import annotations
@@ -36,12 +45,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from magicbokeh.data.diff_jpeg import diff_jpeg
 from magicbokeh.errors import InvalidInputError, ParameterError
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 FINAL_ORDERS = ("resize_sinc_jpeg", "jpeg_resize_sinc")
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of torchvision's rgb_to_grayscale used by BasicSR
+BT601_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+# torchvision's rgb_to_grayscale, which BasicSR's grey Poisson noise (and so OSEDiff's) calls, rounds R's weight
+TORCHVISION_LUMA = (0.2989, 0.587, 0.114)
+JPEG_CODECS = ("libjpeg", "diff_jpeg")
+RESIZE_GRIDS = ("rounded", "scale_factor")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -151,6 +165,28 @@ def add_resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
     return F.interpolate(images, size=size, mode=mode, align_corners=False)
 
 
+def add_resize_by_factor(images: torch.Tensor, factor: float, mode: str) -> torch.Tensor:
+    """Resize by ``factor`` as ``F.interpolate(scale_factor=factor)`` does (OSEDiff's first stage).
+
+    The output has ⌊h·factor⌋ × ⌊w·factor⌋ pixels, and bilinear/bicubic sample the input at (i + ½)/factor − ½: the
+    grid of the exact factor, not that of the integer output size that :func:`add_resize` uses. Where a side would
+    shrink to 0 pixels it keeps 1, through :func:`add_resize`.
+    """
+    _check_images(images)
+    if mode not in RESIZE_MODES:
+        raise ParameterError(f"resize mode must be one of {RESIZE_MODES}, got '{mode}'")
+    if not factor > 0:
+        raise ParameterError(f"resize factor must be positive, got {factor}")
+    if factor == 1:
+        return images
+    height, width = images.shape[-2:]
+    if math.floor(height * factor) < 1 or math.floor(width * factor) < 1:
+        return add_resize(images, (1, 1), mode)
+    if mode == "area":
+        return F.interpolate(images, scale_factor=factor, mode="area")
+    return F.interpolate(images, scale_factor=factor, mode=mode, align_corners=False)
+
+
 def add_gaussian_noise(images: torch.Tensor, sigma: float, gray: bool, generator: torch.Generator) -> torch.Tensor:
     """Add N(0, σ²) noise (σ in [0, 1] units), one field shared by the channels when ``gray``; clip to [0, 1]."""
     _check_images(images)
@@ -179,12 +215,19 @@ def _poisson_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Te
     return noise
 
 
-def add_poisson_noise(images: torch.Tensor, scale: float, gray: bool, generator: torch.Generator) -> torch.Tensor:
-    """Add ``scale`` × Poisson (shot) noise, computed on luma and shared by the channels when ``gray``; clip."""
+def add_poisson_noise(
+    images: torch.Tensor,
+    scale: float,
+    gray: bool,
+    generator: torch.Generator,
+    luma: Sequence[float] = BT601_LUMA,
+) -> torch.Tensor:
+    """Add ``scale`` × Poisson (shot) noise, computed on luma (weights ``luma``) and shared by the channels when
+    ``gray``; clip."""
     _check_images(images)
     if gray:
-        luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype).reshape(1, 3, 1, 1)
-        noise = _poisson_noise((images * luma).sum(dim=1, keepdim=True), generator)
+        weights = torch.tensor(luma, device=images.device, dtype=images.dtype).reshape(1, 3, 1, 1)
+        noise = _poisson_noise((images * weights).sum(dim=1, keepdim=True), generator)
     else:
         noise = _poisson_noise(images, generator)
     return (images + noise * scale).clamp(0.0, 1.0)
@@ -315,15 +358,16 @@ def sample_noise(
     return NoiseParams(kind, strength, _rand(generator) < gray_prob, seed)
 
 
-def apply_noise(images: torch.Tensor, noise: NoiseParams) -> torch.Tensor:
-    """Apply a :class:`NoiseParams` draw; the noise field comes from its seed on the images' device."""
+def apply_noise(images: torch.Tensor, noise: NoiseParams, luma: Sequence[float] = BT601_LUMA) -> torch.Tensor:
+    """Apply a :class:`NoiseParams` draw; the noise field comes from its seed on the images' device. ``luma``: the
+    weights of grey Poisson noise."""
     if noise.kind == "none" or noise.strength == 0:
         return images
     generator = torch.Generator(device=images.device)
     generator.manual_seed(noise.seed)
     if noise.kind == "gaussian":
         return add_gaussian_noise(images, noise.strength, noise.gray, generator)
-    return add_poisson_noise(images, noise.strength, noise.gray, generator)
+    return add_poisson_noise(images, noise.strength, noise.gray, generator, luma)
 
 
 def sample_resize_scale(
@@ -429,6 +473,11 @@ class RealESRGANDegradation:
     otherwise ``H/scale × W/scale``. Probabilities added beyond OSEDiff (``blur_prob``, ``noise_prob``, ``jpeg_prob``
     and their second-stage twins, ``second_order_prob`` from ResShift) default to OSEDiff's behaviour; setting them to
     0 with ``scale=1`` gives the identity on 8-bit images (the ``none`` preset).
+
+    The engine arguments choose how the sampled parameters are applied (module docstring): ``jpeg_codec``
+    (``"libjpeg"`` or ``"diff_jpeg"``), ``jpeg_transpose_tables`` (diff_jpeg only), ``resize_grid`` (``"rounded"`` or
+    ``"scale_factor"``), ``gray_noise_luma`` (RGB weights of grey Poisson noise) and ``quantize_before_resize_back``.
+    They never change what :meth:`sample_params` draws, so two engines can degrade with the very same parameters.
     """
 
     def __init__(
@@ -474,6 +523,12 @@ class RealESRGANDegradation:
         jpeg_prob2: float = 1.0,
         jpeg_range2: Sequence[float] = (30, 95),
         final_jpeg_first_prob: float = 0.5,
+        # engines: ours by default; the osediff preset selects OSEDiff's (diff_jpeg, scale_factor, torchvision luma)
+        jpeg_codec: str = "libjpeg",
+        jpeg_transpose_tables: bool = False,
+        resize_grid: str = "rounded",
+        gray_noise_luma: Sequence[float] = BT601_LUMA,
+        quantize_before_resize_back: bool = True,
     ) -> None:
         if not float(scale) >= 1:
             raise ParameterError(f"degradation scale must be ≥ 1, got {scale}")
@@ -508,6 +563,20 @@ class RealESRGANDegradation:
             if low < 1 or high > 100:
                 raise ParameterError(f"{name} must lie in [1, 100], got [{low}, {high}]")
         self._kernel_sizes = _odd_sizes(self.kernel1.sizes)
+        if jpeg_codec not in JPEG_CODECS:
+            raise ParameterError(f"jpeg_codec must be one of {JPEG_CODECS}, got '{jpeg_codec}'")
+        if jpeg_transpose_tables and jpeg_codec != "diff_jpeg":
+            raise ParameterError("jpeg_transpose_tables applies to jpeg_codec=diff_jpeg only (libjpeg sets its own)")
+        if resize_grid not in RESIZE_GRIDS:
+            raise ParameterError(f"resize_grid must be one of {RESIZE_GRIDS}, got '{resize_grid}'")
+        luma = tuple(float(w) for w in gray_noise_luma)
+        if len(luma) != 3 or any(w < 0 for w in luma) or not 0.99 <= sum(luma) <= 1.01:
+            raise ParameterError(f"gray_noise_luma must be 3 non-negative RGB weights summing to 1, got {luma}")
+        self.jpeg_codec = jpeg_codec
+        self.jpeg_transpose_tables = bool(jpeg_transpose_tables)
+        self.resize_grid = resize_grid
+        self.gray_noise_luma = luma
+        self.quantize_before_resize_back = bool(quantize_before_resize_back)
 
     @staticmethod
     def _kernel_spec(sizes, types, probs, sigma, betag, betap, sinc_prob, suffix: str) -> KernelSpec:
@@ -576,41 +645,58 @@ class RealESRGANDegradation:
         if hq_image.shape[0] != 1:
             raise InvalidInputError(f"apply() takes one image (1×3×H×W), got batch {hq_image.shape[0]}")
         height, width = hq_image.shape[-2:]
-        lr_size = (round(height / self.scale), round(width / self.scale))
+        by_factor = self.resize_grid == "scale_factor"
+        # OSEDiff's final size is ori_h // scale; ours rounds, so H/s need not be an integer.
+        size = math.floor if by_factor else round
+        lr_size = (size(height / self.scale), size(width / self.scale))
         out = hq_image
         # First order: blur → resize → noise → JPEG.
         if params.kernel1 is not None:
             out = add_blur(out, params.kernel1)
         scale, mode = params.resize1
-        out = add_resize(out, (round(out.shape[-2] * scale), round(out.shape[-1] * scale)), mode)
-        out = apply_noise(out, params.noise1)
+        if by_factor:
+            out = add_resize_by_factor(out, scale, mode)
+        else:
+            out = add_resize(out, (round(out.shape[-2] * scale), round(out.shape[-1] * scale)), mode)
+        out = apply_noise(out, params.noise1, self.gray_noise_luma)
         if params.jpeg1 is not None:
-            out = add_jpeg(out.clamp(0, 1), params.jpeg1)
+            out = self._jpeg(out.clamp(0, 1), params.jpeg1)
         # Second order (skipped with 1 − second_order_prob, as ResShift does); the 1/scale of the final size is
-        # folded into this resize, which is relative to the HR size.
+        # folded into this resize, which is relative to the HR size (OSEDiff truncates it: int(H / s · r2)).
         if params.second_order:
             if params.kernel2 is not None:
                 out = add_blur(out, params.kernel2)
             scale, mode = params.resize2
-            out = add_resize(out, (round(lr_size[0] * scale), round(lr_size[1] * scale)), mode)
-            out = apply_noise(out, params.noise2)
+            if by_factor:
+                size2 = (int(height / self.scale * scale), int(width / self.scale * scale))
+            else:
+                size2 = (round(lr_size[0] * scale), round(lr_size[1] * scale))
+            out = add_resize(out, size2, mode)
+            out = apply_noise(out, params.noise2, self.gray_noise_luma)
         # Final stage: either order of (resize + sinc) and JPEG; other orders give "twisted lines" (Real-ESRGAN).
         if params.final_order == "resize_sinc_jpeg":
             out = add_resize(out, lr_size, params.final_mode)
             if params.sinc is not None:
                 out = add_blur(out, params.sinc)
             if params.jpeg2 is not None:
-                out = add_jpeg(out.clamp(0, 1), params.jpeg2)
+                out = self._jpeg(out.clamp(0, 1), params.jpeg2)
         else:
             if params.jpeg2 is not None:
-                out = add_jpeg(out.clamp(0, 1), params.jpeg2)
+                out = self._jpeg(out.clamp(0, 1), params.jpeg2)
             out = add_resize(out, lr_size, params.final_mode)
             if params.sinc is not None:
                 out = add_blur(out, params.sinc)
-        out = quantize_8bit(out)
         if params.back_mode is not None:
-            out = quantize_8bit(add_resize(out, (height, width), params.back_mode))
-        return out
+            # Ours stores the LR image at 8 bits first, as a saved LQ file would be; OSEDiff rounds only at the end.
+            if self.quantize_before_resize_back:
+                out = quantize_8bit(out)
+            out = add_resize(out, (height, width), params.back_mode)
+        return quantize_8bit(out)
+
+    def _jpeg(self, images: torch.Tensor, quality: int) -> torch.Tensor:
+        if self.jpeg_codec == "diff_jpeg":
+            return diff_jpeg(images, quality, transpose_tables=self.jpeg_transpose_tables)
+        return add_jpeg(images, quality)
 
     def __call__(self, hq_images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Degrade ``B×3×H×W`` HQ images in [0, 1]; image i uses the generator after images 0..i−1."""
@@ -622,4 +708,7 @@ class RealESRGANDegradation:
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(scale={self.scale:g}, resize_back={self.resize_back})"
+        return (
+            f"{type(self).__name__}(scale={self.scale:g}, resize_back={self.resize_back}, "
+            f"jpeg_codec={self.jpeg_codec}, resize_grid={self.resize_grid})"
+        )

@@ -1,7 +1,9 @@
-"""Real-ESRGAN degradation: determinism, shapes, parameter statistics, identities, kernels, the real JPEG codec."""
+"""Real-ESRGAN degradation: determinism, shapes, parameter statistics, identities, kernels, the real JPEG codec, and
+the osediff preset (OSEDiff's JPEG engine, resize grid and grey-noise luma)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections import Counter
@@ -9,17 +11,23 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
+from torchvision.transforms.functional import rgb_to_grayscale
 
+from magicbokeh.data import degradations
 from magicbokeh.data.degradations import (
+    BT601_LUMA,
     KERNEL_TYPES,
+    TORCHVISION_LUMA,
     RealESRGANDegradation,
     add_blur,
     add_gaussian_noise,
     add_jpeg,
     add_poisson_noise,
     add_resize,
+    add_resize_by_factor,
     apply_noise,
     circular_lowpass_kernel,
     mixed_kernel,
@@ -30,6 +38,7 @@ from magicbokeh.data.degradations import (
     random_resize,
     sample_noise,
 )
+from magicbokeh.data.diff_jpeg import diff_jpeg
 from magicbokeh.errors import InvalidInputError, ParameterError
 from magicbokeh.utils.config import compose_config
 
@@ -272,3 +281,125 @@ def test_cpu_opencv_blur_matches_the_conv2d_path():
     reference = add_blur(images.double(), kernel).float()  # float64 takes the conv2d path
     assert fast.dtype == torch.float32 and fast.shape == images.shape
     assert torch.allclose(fast, reference, atol=5e-4)
+
+
+# -- the osediff preset: OSEDiff's JPEG engine, resize grid and grey-noise luma ---------------------------------------
+@pytest.fixture(scope="module")
+def osediff() -> RealESRGANDegradation:
+    return instantiate(compose_config("train", ["degradation=osediff"]).degradation)
+
+
+def test_osediff_preset_composes_and_selects_osediffs_engine(osediff):
+    default = instantiate(compose_config("train", ["degradation=realesrgan"]).degradation)
+    assert (default.jpeg_codec, default.resize_grid, default.gray_noise_luma) == ("libjpeg", "rounded", BT601_LUMA)
+    assert default.quantize_before_resize_back and not default.jpeg_transpose_tables
+    assert (osediff.jpeg_codec, osediff.resize_grid, osediff.gray_noise_luma) == (
+        "diff_jpeg", "scale_factor", TORCHVISION_LUMA,
+    )  # fmt: skip
+    assert osediff.jpeg_transpose_tables and not osediff.quantize_before_resize_back
+    # the sampled ranges are realesrgan's: the same generator draws the same parameters
+    assert osediff.resize_prob == default.resize_prob and osediff.jpeg_range == default.jpeg_range
+    first, second = default.sample_params(_gen(9)), osediff.sample_params(_gen(9))
+    assert (first.resize1, first.resize2, first.jpeg1, first.jpeg2) == (
+        second.resize1, second.resize2, second.jpeg1, second.jpeg2,
+    )  # fmt: skip
+
+
+def test_osediff_preset_is_seeded_8bit_and_degrades_harder_with_the_same_parameters(osediff):
+    images = _smooth_image(64, batch=2)
+    out = osediff(images, _gen(11))
+    assert out.shape == images.shape and torch.equal(out * 255, (out * 255).round())
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert torch.equal(out, osediff(images, _gen(11)))
+    params = osediff.sample_params(_gen(12))
+    assert torch.equal(osediff.apply(images[:1], params), osediff.apply(images[:1], params))
+    default = RealESRGANDegradation()
+    assert not torch.equal(osediff.apply(images[:1], params), default.apply(images[:1], params))
+
+
+def _record_resizes(monkeypatch) -> list[tuple]:
+    """Spy on the two resize operations the pipeline calls: (name, requested size or factor, mode)."""
+    calls = []
+    by_size, by_factor = degradations.add_resize, degradations.add_resize_by_factor
+
+    def spy_size(images, size, mode):
+        calls.append(("size", tuple(size), mode))
+        return by_size(images, size, mode)
+
+    def spy_factor(images, factor, mode):
+        calls.append(("factor", factor, mode))
+        return by_factor(images, factor, mode)
+
+    monkeypatch.setattr(degradations, "add_resize", spy_size)
+    monkeypatch.setattr(degradations, "add_resize_by_factor", spy_factor)
+    return calls
+
+
+def test_osediff_resizes_by_scale_factor_then_truncated_sizes(osediff, monkeypatch):
+    # 54×70 at ×4: H/4 = 13.5 and W/4 = 17.5, so truncating and rounding disagree at every stage.
+    image = _smooth_image(70)[..., :54, :].contiguous()
+    params = dataclasses.replace(
+        osediff.sample_params(_gen(13)), resize1=(0.7, "bicubic"), resize2=(0.9, "bilinear"), second_order=True,
+        final_mode="area", back_mode="bicubic",
+    )  # fmt: skip
+    calls = _record_resizes(monkeypatch)
+    osediff.apply(image, params)
+    assert calls == [
+        ("factor", 0.7, "bicubic"),  # F.interpolate(scale_factor=0.7): 37×49
+        ("size", (12, 15), "bilinear"),  # int(54/4·0.9) = 12, int(70/4·0.9) = 15
+        ("size", (13, 17), "area"),  # 54 // 4, 70 // 4
+        ("size", (54, 70), "bicubic"),
+    ]
+    calls.clear()
+    RealESRGANDegradation().apply(image, params)
+    assert [call[1] for call in calls] == [(38, 49), (13, 16), (14, 18), (54, 70)]  # round() everywhere
+
+
+def test_resize_by_factor_samples_the_grid_of_the_exact_factor():
+    image = _smooth_image(40)
+    for mode in ("bilinear", "bicubic", "area"):
+        out = add_resize_by_factor(image, 0.37, mode)
+        assert out.shape[-2:] == (14, 14)  # ⌊40·0.37⌋
+        corners = {} if mode == "area" else {"align_corners": False}
+        reference = F.interpolate(image, scale_factor=0.37, mode=mode, **corners)
+        assert torch.equal(out, reference)
+    # bilinear at factor 0.37 samples at (i + ½)/0.37 − ½, the size-based resize at (i + ½)·40/14 − ½: not the same
+    assert not torch.allclose(add_resize_by_factor(image, 0.37, "bilinear"), add_resize(image, (14, 14), "bilinear"))
+    assert torch.equal(add_resize_by_factor(image, 1.0, "bicubic"), image)
+    assert add_resize_by_factor(image, 0.01, "area").shape[-2:] == (1, 1)
+
+
+def test_grey_poisson_noise_uses_the_given_luma_weights():
+    assert BT601_LUMA == (0.299, 0.587, 0.114) and TORCHVISION_LUMA == (0.2989, 0.587, 0.114)
+    ramp = torch.rand(1, 3, 32, 32, generator=_gen(0))
+    weighted = (ramp * torch.tensor(TORCHVISION_LUMA).reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    assert torch.allclose(weighted, rgb_to_grayscale(ramp), atol=1e-7)  # torchvision's grey, which BasicSR calls
+    # Red at 1 and green on a fine ramp: the 0.0001 change in R's weight moves some pixels to the next 8-bit level.
+    image = torch.zeros(1, 3, 64, 64)
+    image[:, 0] = 1.0
+    image[:, 1] = torch.linspace(0, 1, 64 * 64).reshape(64, 64)
+    bt601 = add_poisson_noise(image, 1.0, True, _gen(1))
+    torchvision = add_poisson_noise(image, 1.0, True, _gen(1), luma=TORCHVISION_LUMA)
+    assert torch.equal(bt601, add_poisson_noise(image, 1.0, True, _gen(1), luma=BT601_LUMA))
+    assert not torch.equal(bt601, torchvision)
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ParameterError, match="jpeg_codec"):
+        RealESRGANDegradation(jpeg_codec="pillow")
+    with pytest.raises(ParameterError, match="jpeg_transpose_tables"):
+        RealESRGANDegradation(jpeg_transpose_tables=True)
+    with pytest.raises(ParameterError, match="resize_grid"):
+        RealESRGANDegradation(resize_grid="nearest")
+    with pytest.raises(ParameterError, match="gray_noise_luma"):
+        RealESRGANDegradation(gray_noise_luma=[0.5, 0.5])
+
+
+@pytest.mark.gpu
+def test_osediff_preset_runs_on_cuda_and_its_jpeg_matches_the_cpu(osediff):
+    images = _smooth_image(64, batch=2)
+    out = osediff(images.cuda(), torch.Generator(device="cuda").manual_seed(0))
+    assert out.device == images.cuda().device and out.shape == images.shape
+    assert torch.equal(out, osediff(images.cuda(), torch.Generator(device="cuda").manual_seed(0)))
+    # float summation order differs between devices, so a coefficient on a rounding boundary may flip: compare means
+    assert float((diff_jpeg(images.cuda(), 50).cpu() - diff_jpeg(images, 50)).abs().mean()) < 1e-4
