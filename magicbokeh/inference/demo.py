@@ -340,7 +340,10 @@ def _focus_text(focus: Focus) -> str:
 
 def status_text(current: DemoInput, result: DemoResult, settings: RenderSettings) -> str:
     height, width = result.output.image.shape[-2:]
-    method = settings.mode if settings.mode == "model" else f"classical, {settings.aperture} aperture"
+    if settings.mode == "model":
+        method = f"model, colour fix {settings.color_fix}"
+    else:
+        method = f"classical, {settings.aperture} aperture" + (", highlight boost" if settings.highlights else "")
     return (
         f"**{current.name}** · {_focus_text(result.focus)} → d_f = {result.output.focus_disparity:.3f} · "
         f"K = {settings.K:g} · ×{settings.scale} → {width}×{height} · {method} · disparity: "

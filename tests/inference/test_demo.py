@@ -27,6 +27,7 @@ from magicbokeh.inference.demo import (
     colorize,
     in_focus_overlay,
     shipped_samples,
+    status_text,
 )
 from magicbokeh.inference.pipeline import MagicBokehPipeline
 from magicbokeh.optics import BokehRenderer, HighlightBoost, in_focus_mask
@@ -116,7 +117,9 @@ def test_model_mode_shares_the_network_and_applies_the_chosen_colour_fix(tmp_pat
     shared = _model_pipeline("adain")
     demo = _demo(tmp_path, model=shared)
     current = demo.load_sample(SCENE)
-    _, result = demo.render(current, 0.5, RenderSettings(K=32, scale=1, mode="model", color_fix="none"))
+    settings = RenderSettings(K=32, scale=1, mode="model", color_fix="none")
+    _, result = demo.render(current, 0.5, settings)
+    assert "model, colour fix none" in status_text(current, result, settings)
     expected = _model_pipeline("none").run(current.image, focus=0.5, K=32, scale=1, disparity=current.disparity)
     torch.testing.assert_close(result.output.image, expected.image, rtol=0, atol=0)
     assert shared.color_fix == "adain"  # the page's choice does not leak into the shared pipeline
