@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install smoke test test-fast lint lock clean-venv
+.PHONY: install browser smoke test test-fast lint lock clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,31 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	# pyiqa without its declared requirements (a second OpenCV, ~0.8 GB of tools); its run-time needs are ours
 	$(PIP) install --no-deps -c constraints.txt pyiqa
+	# gradio (the demo) likewise: it caps pillow below our pin; its run-time needs are in pyproject.toml
+	$(PIP) install --no-deps -c constraints.txt gradio
 	# MATLAB's NIQE parameters from the basicsr==1.4.2 sdist (Apache-2.0) into $(VENV)/share/magicbokeh; idempotent
 	$(PY) -m magicbokeh.evaluation.assets
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+## Debian's headless Chromium for the demo's browser test (playwright drives /usr/bin/chromium; no browser download).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+	  echo "warning: /usr/bin/chromium is missing and this is not a root Debian shell, so the browser test will fail;"; \
+	  echo "         install it with: sudo apt-get install chromium chromium-driver (or deselect: -m 'not browser')"; \
+	fi
+
 ## The main job: the smoke experiment (tiny model, built-in synthetic data, CPU).
 smoke: install
 	$(PY) scripts/train.py experiment=smoke
 
-## The test suite (what CI runs).
-test: install
+## The test suite (what CI runs), the browser test included.
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -16,6 +16,15 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--demo-screenshot",
+        default=None,
+        metavar="PATH",
+        help="the demo's browser test also writes its page screenshot here (the README's: docs/images/demo.png)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-ROOT_CONFIGS = ("train", "eval", "render", "depth")
+ROOT_CONFIGS = ("train", "eval", "render", "depth", "demo")
 
 
 def compose_config(root: str = "train", overrides: list[str] | None = None) -> DictConfig:
