@@ -158,7 +158,9 @@ def _render_one(
 ) -> Path:
     image = read_image(image_path)
     disparity = read_disparity(disparity_path) if disparity_path is not None else None
-    mask = read_disparity(mask_path) > 0.5 if mask_path is not None else None
+    # Every nonzero mask pixel is subject (≥ 1/255 in an 8-bit file), as in the release: a soft matte's feathered
+    # edge is part of the subject, and thresholding at one half would drop it and move the focus.
+    mask = read_disparity(mask_path) > 0 if mask_path is not None else None
     prepared = pipeline.prepare(image, scale=options.scale, disparity=disparity)
     focus_disparity = pipeline.focus_disparity(prepared, focus=options.focus, mask=mask)
     result = pipeline.render(prepared, focus_disparity, options.K)
