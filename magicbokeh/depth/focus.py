@@ -90,9 +90,7 @@ def _mask_batch(mask: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
     return (mask.to(disparity.device) != 0).expand(batch, 1, height, width)
 
 
-def focus_from_mask(
-    disparity: torch.Tensor, mask: torch.Tensor, *, lower_median: bool = False
-) -> float | torch.Tensor:
+def focus_from_mask(disparity: torch.Tensor, mask: torch.Tensor, *, lower_median: bool = False) -> float | torch.Tensor:
     """Median disparity inside a subject mask (every nonzero mask pixel counts, as in the official code).
 
     For an even count the median is the mean of the two middle values (numpy's), or with ``lower_median`` the
@@ -187,9 +185,7 @@ def focus_from_point(
     return _result(torch.stack(values), single, batch.device)
 
 
-def focus_at_pixel(
-    disparity: torch.Tensor, point: Sequence[float] | Sequence[Sequence[float]]
-) -> float | torch.Tensor:
+def focus_at_pixel(disparity: torch.Tensor, point: Sequence[float] | Sequence[Sequence[float]]) -> float | torch.Tensor:
     """The release demo's click rule: the disparity of the pixel ``(int(x), int(y))``, coordinates truncated.
 
     Raises:

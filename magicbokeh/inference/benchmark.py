@@ -19,7 +19,6 @@ CPU). ``--io`` goes through the CLI's file path (read PNG → render → write P
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from magicbokeh.errors import ParameterError
+from magicbokeh.utils.cli import ArgumentParser
 
 DEFAULT_SIZES = {
     "pointwise": "1024x768,2048x1536,4096x3072,8000x6000",
@@ -193,7 +193,7 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py inference", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="benchmark.py inference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", choices=("pointwise", "tiny"), default="pointwise")
     parser.add_argument("--sizes", help="WIDTHxHEIGHT,… (default depends on --network)")
     parser.add_argument("--tile", type=int, help="tile size (default 512 pointwise, 64 tiny); 0 = untiled only")

@@ -2,17 +2,17 @@
 
 A preset fixes the steps around the network; the render CLI, the evaluation runner and the demo read a pipeline's
 default K and scale from here (``MagicBokehPipeline(..., preset=...).default_K`` / ``.default_scale``).
+``release`` differs from ``default`` (ours) in these steps (the README's "Rendering photos" says why ours differ):
 
-| step | ``default`` (ours) | ``release`` (``inference.py`` / ``demo.py`` of the official code) |
-|---|---|---|
-| output size, K | input × 4, K = 16 | input × 1, K = 32 |
-| disparity | float | truncated to 8 bits (``floor(255·d)/255``) before focus and defocus |
-| image size | any: a side shorter than a tile is padded to the model stride only | ≥ 512 × 512, nothing padded |
-| tile weights | ramps on every side, all weights > 0 | ramps only on sides touching another tile, ``linspace(0, 1, 256)`` |
-| colour fix | AdaIN in float | output truncated to 8 bits, AdaIN, truncated again |
-| focus from a mask | mean of the two middle values (numpy's median) | lower middle value (``torch.median``) |
-| focus from a click | median of the edge-free surface in a 9 × 9 window | disparity of the clicked pixel (coordinates truncated) |
-| depth input | bicubic resize clamped to [0, 1]; position embeddings resized to the patch grid | no clamp; embeddings resized by ``(n + 0.1)/37`` |
+* output size and strength: input × 1 and K = 32 (ours: × 4, K = 16);
+* disparity: truncated to 8 bits, ``floor(255·d)/255``, before focus and defocus (ours: float);
+* image size: at least 512 × 512, nothing padded (ours: any; a side that fits in a tile is padded to the stride);
+* tile weights: ramps only on the sides that touch another tile, ``linspace(0, 1, 256)`` (ours: every side, > 0);
+* colour fix: the output truncated to 8 bits, AdaIN, truncated again (ours: AdaIN in float);
+* focus from a mask: the lower middle value (``torch.median``; ours: the mean of the two middle values);
+* focus from a click: the disparity of the pixel ``(int(x), int(y))`` (ours: median of the surface around it);
+* depth input: the bicubic resize is not clamped, DINOv2's position embeddings are resized by ``(n + 0.1)/37``
+  (ours: clamped, resized to the patch grid).
 
 Both presets raise an error on an empty subject mask (the release silently focuses at disparity 0).
 """
@@ -44,13 +44,31 @@ class InferencePreset:
 
 PRESETS: dict[str, InferencePreset] = {
     "default": InferencePreset(
-        name="default", K=16.0, scale=4.0, tile_size=512, tile_stride=256, color_fix="adain", blend="ramp",
-        quantize=False, min_size=0, focus_rules="robust", depth_preprocessing="default",
-    ),  # fmt: skip
+        name="default",
+        K=16.0,
+        scale=4.0,
+        tile_size=512,
+        tile_stride=256,
+        color_fix="adain",
+        blend="ramp",
+        quantize=False,
+        min_size=0,
+        focus_rules="robust",
+        depth_preprocessing="default",
+    ),
     "release": InferencePreset(
-        name="release", K=32.0, scale=1.0, tile_size=512, tile_stride=256, color_fix="adain", blend="release",
-        quantize=True, min_size=512, focus_rules="release", depth_preprocessing="release",
-    ),  # fmt: skip
+        name="release",
+        K=32.0,
+        scale=1.0,
+        tile_size=512,
+        tile_stride=256,
+        color_fix="adain",
+        blend="release",
+        quantize=True,
+        min_size=512,
+        focus_rules="release",
+        depth_preprocessing="release",
+    ),
 }
 
 

@@ -78,7 +78,7 @@ def _caption(array: np.ndarray, text: str) -> np.ndarray:
     image = Image.fromarray(array)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=max(10, image.height // 18))
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
     margin = max(2, (bottom - top) // 4)
     draw.rectangle((0, 0, image.width, bottom - top + 2 * margin), fill=(0, 0, 0))
     draw.text((margin, margin - top), text, fill=(255, 255, 255), font=font)

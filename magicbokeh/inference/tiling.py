@@ -171,7 +171,8 @@ def run_tiled(
     weight_sum = torch.zeros(padded_h, padded_w, dtype=torch.float32)
     boxes = [(y, x) for y in starts_y for x in starts_x]
 
-    bar = progress_bar(total=len(boxes), desc="tiles", unit="tile", disable=not progress or len(boxes) == 1, leave=False)
+    quiet = not progress or len(boxes) == 1
+    bar = progress_bar(total=len(boxes), desc="tiles", unit="tile", disable=quiet, leave=False)
     for first in range(0, len(boxes), tile_batch_size):
         batch = boxes[first : first + tile_batch_size]
         tile_inputs = [
