@@ -6,11 +6,13 @@ backbone exposes the normalised intermediate layers that feed the DPT head (what
 supports SDPA attention and gradient checkpointing. We only add what it lacks: presets by size, loading of the
 original ``.pth`` layout (:mod:`magicbokeh.depth.convert`), the release's preprocessing, and the [0, 1] contract.
 
-``preprocessing="release"`` reproduces the release's depth step where it differs from ours: its bicubic input
-resize is not clamped to [0, 1] (OpenCV's bicubic overshoots at edges), DINOv2's position embeddings are resized by
-a scale factor ``(n + 0.1)/N`` (n patches along the side, N along the pretrained grid, 37 at 518 px) as the original
-DINOv2 code does, where transformers resizes them to the exact ``n`` (both sample the same grid only when n = N),
-and the min-max normalisation divides by ``max − min + 1e-8``.
+``preprocessing="release"`` reproduces the release's depth step where it differs from ours: the photo's 8-bit levels
+/255 in float64 are resized by OpenCV's bicubic (which differs from torch's by up to 5e-5) and not clamped to [0, 1]
+(bicubic overshoots at edges), normalised in float64; DINOv2's position embeddings are resized by a scale factor
+``(n + 0.1)/N`` (n patches along the side, N along the pretrained grid, 37 at 518 px) as the original DINOv2 code
+does, where transformers resizes them to the exact ``n`` (both sample the same grid only when n = N); and the
+min-max normalisation divides by ``max − min + 1e-8``. It is for inference: the OpenCV resize runs on the CPU and
+passes no gradient.
 
 The network predicts affine-invariant *disparity* (larger = nearer), so no inversion is needed for DESIGN §3.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -199,14 +203,26 @@ class DepthModel(nn.Module):
         """``B×3×H×W`` [0, 1] images → ImageNet-normalised network input at :meth:`network_size`."""
         _check_images(images)
         param = next(self.network.parameters())
-        images = images.to(device=param.device, dtype=param.dtype)
         size = self.network_size(*images.shape[-2:])
+        if self.preprocessing == "release":
+            return self._release_input(images, size).to(device=param.device, dtype=param.dtype)
+        images = images.to(device=param.device, dtype=param.dtype)
         if size != tuple(images.shape[-2:]):
-            # Bicubic like the release's cv2.INTER_CUBIC; ours is clamped because bicubic overshoots.
-            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False)
-            if self.preprocessing == "default":
-                images = images.clamp(0.0, 1.0)
+            # Bicubic like the release's cv2.INTER_CUBIC, clamped because bicubic overshoots.
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
         return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+
+    @staticmethod
+    def _release_input(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The release's input step (module docstring), image by image on the CPU, as float32 ``B×3×h×w``."""
+        mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+        prepared = []
+        for image in images.detach().float().cpu():
+            levels = image.mul(255.0).round_().permute(1, 2, 0).numpy().astype(np.float64) / 255.0
+            if size != tuple(levels.shape[:2]):
+                levels = cv2.resize(levels, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+            prepared.append(torch.from_numpy(((levels - mean) / std).transpose(2, 0, 1).astype(np.float32)))
+        return torch.stack(prepared)
 
     def forward(self, images: torch.Tensor) -> DepthForward:
         """Raw disparity (network resolution) and encoder features; differentiable (used by distillation)."""

@@ -246,7 +246,7 @@ class BokehPipeline(abc.ABC):
                 else F.interpolate(disparity_in, size=out_size, mode="bilinear", align_corners=False)
             )
         # Bilinear resampling is a convex combination, so the maps stay in [0, 1] without a clamp (and a copy).
-        if self.preset.quantize:
+        if self.preset.disparity_8bit:
             # The release stores disparity as 8-bit levels (uint8 of 255·d) and computes focus and defocus from them.
             disparity_in = truncate_8bit(disparity_in)
             disparity_out = disparity_in if disparity_out.shape == disparity_in.shape else truncate_8bit(disparity_out)
@@ -306,7 +306,8 @@ class MagicBokehPipeline(BokehPipeline):
             1) is the multiple the tile must be.
         depth_model, saliency_model: see :class:`BokehPipeline`.
         preset: ``"default"`` (ours) or ``"release"`` (the official inference exactly; it fixes the tiling and the
-            colour fix to the release's 512/256/adain, so other values are an error).
+            colour fix to the release's 512/256/adain, so other values are an error), or an
+            :class:`~magicbokeh.inference.presets.InferencePreset`.
         tile_size, tile_stride: tiling (official 512/256); ``tile_stride=None`` is half the tile; ``tile_size=None``
             runs the whole image at once. Images that fit in a tile run as one piece padded to the model stride.
         color_fix: ``adain`` (default), ``wavelet`` or ``none``.
@@ -324,7 +325,7 @@ class MagicBokehPipeline(BokehPipeline):
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         depth_model: object | None = None,
         *,
-        preset: str = "default",
+        preset: str | InferencePreset = "default",
         tile_size: int | None = 512,
         tile_stride: int | None = None,
         color_fix: str = "adain",
@@ -392,7 +393,7 @@ class MagicBokehPipeline(BokehPipeline):
             )
             # In place: the accumulator is ours, and a second image-sized buffer is what a 48 MP photo cannot afford.
             output.clamp_(0.0, 1.0)
-            if self.preset.quantize:
+            if self.preset.output_8bit:
                 output = release_color_fix(output, prepared.upsampled, inplace=True)
             else:
                 output = color_fix(output, prepared.upsampled, self.color_fix, inplace=True)

@@ -36,7 +36,8 @@ class InferencePreset:
     tile_stride: int
     color_fix: str
     blend: Literal["ramp", "release"]
-    quantize: bool  # 8-bit truncation of the disparity and of the output around the colour fix
+    disparity_8bit: bool  # disparity truncated to 8-bit levels before focus and defocus
+    output_8bit: bool  # output truncated to 8-bit levels before and after the colour fix
     min_size: int  # smallest output side accepted (0: any)
     focus_rules: Literal["robust", "release"]
     depth_preprocessing: Literal["default", "release"]
@@ -51,7 +52,8 @@ PRESETS: dict[str, InferencePreset] = {
         tile_stride=256,
         color_fix="adain",
         blend="ramp",
-        quantize=False,
+        disparity_8bit=False,
+        output_8bit=False,
         min_size=0,
         focus_rules="robust",
         depth_preprocessing="default",
@@ -64,7 +66,8 @@ PRESETS: dict[str, InferencePreset] = {
         tile_stride=256,
         color_fix="adain",
         blend="release",
-        quantize=True,
+        disparity_8bit=True,
+        output_8bit=True,
         min_size=512,
         focus_rules="release",
         depth_preprocessing="release",
@@ -72,8 +75,14 @@ PRESETS: dict[str, InferencePreset] = {
 }
 
 
-def get_preset(name: str) -> InferencePreset:
-    """The preset called ``name``; :class:`ConfigError` naming the choices otherwise."""
+def get_preset(name: str | InferencePreset) -> InferencePreset:
+    """The preset called ``name`` (a preset is returned as it is); :class:`ConfigError` naming the choices otherwise.
+
+    Passing an :class:`InferencePreset` lets a study change one step, e.g.
+    ``dataclasses.replace(PRESETS["release"], blend="ramp")``.
+    """
+    if isinstance(name, InferencePreset):
+        return name
     if name not in PRESETS:
         raise ConfigError(f"unknown inference preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
