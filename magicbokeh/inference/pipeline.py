@@ -260,6 +260,12 @@ class BokehPipeline(abc.ABC):
                 "CLI: disparity=FILE_OR_FOLDER) or configure the depth model weights (CLI: depth_model.weights=PATH, "
                 "default ${paths.da_depth})"
             )
+        preprocessing = getattr(self.depth_model, "preprocessing", None)
+        if preprocessing is not None and preprocessing != self.preset.depth_preprocessing:
+            logger.warning(
+                "the depth model uses %s preprocessing but preset=%s expects %s (build_depth_model(preprocessing=...))",
+                preprocessing, self.preset.name, self.preset.depth_preprocessing,
+            )  # fmt: skip
         with torch.inference_mode():
             disparity = self.depth_model.predict_disparity(images)
         return _as_map(disparity.float().cpu(), "estimated disparity")
