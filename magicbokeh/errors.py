@@ -44,6 +44,34 @@ class ConfigError(MagicBokehError):
     """A configuration value is inconsistent or missing."""
 
 
+def plain_values(value: object, limit: int = 8) -> str:
+    """A number, tensor or array written for a message: ``100``, ``0.25``, ``[16, 100]`` (never ``tensor([100.])``).
+
+    More than ``limit`` values are cut with an ellipsis and the count.
+    """
+    tolist = getattr(value, "tolist", None)
+    values = tolist() if callable(tolist) else value
+    if isinstance(values, list | tuple):
+        flat = list(_flatten(values))
+        shown = ", ".join(_number(v) for v in flat[:limit])
+        return f"[{shown}, … ({len(flat)} values)]" if len(flat) > limit else f"[{shown}]"
+    return _number(values)
+
+
+def _flatten(values):
+    for item in values:
+        if isinstance(item, list | tuple):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _number(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return repr(value)
+    return f"{value:g}"
+
+
 def missing_weights(path: str, config_key: str, source: str) -> MissingWeightsError:
     """Build the single, standard message for a missing pretrained file."""
     return MissingWeightsError(

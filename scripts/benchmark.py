@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from magicbokeh.errors import ConfigError
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 
 BENCHMARKS = {
@@ -31,9 +32,12 @@ BENCHMARKS = {
 
 @exit_on_user_error
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0
+    if not argv or argv[0] not in BENCHMARKS:
+        given = f"unknown benchmark '{argv[0]}'" if argv else "no benchmark named"
+        raise ConfigError(f"{given}; choose one of {', '.join(BENCHMARKS)} (see scripts/benchmark.py --help)")
     set_offline_defaults()
     module = importlib.import_module(BENCHMARKS[argv[0]])
     return int(module.main(argv[1:]) or 0)

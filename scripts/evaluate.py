@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
-
-set_offline_defaults()
+from magicbokeh.utils.cli import hydra_main
 
 
-@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
-@exit_on_user_error
+@hydra_main("eval")
 def main(cfg: DictConfig) -> None:
     import torch
     from hydra.core.hydra_config import HydraConfig

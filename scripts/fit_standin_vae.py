@@ -7,16 +7,12 @@ python scripts/fit_standin_vae.py experiment=smoke standin_vae.steps=2000 standi
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
-
-set_offline_defaults()
+from magicbokeh.utils.cli import hydra_main
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-@exit_on_user_error
+@hydra_main("train")
 def main(cfg: DictConfig) -> None:
     from magicbokeh.training.base_pretrain import fit_standin_from_config
 

@@ -4,6 +4,7 @@
   synthetic-benchmark  synthetic scenes × focus rules × K with exact ground truth → index.json benchmark
   ebb400-lq            EBB400-LQ from an EBB! folder (+ disparity maps, optional focus masks) → benchmark
   sr-benchmark         RealSR / DRealSR HR+LR folders → SR benchmark (LR resized to HR size, K = 0)
+  middlebury           Middlebury 2014 "motorcycle" (scikit-image's offline copy) → motorcycle.png + motorcycle.npy
 
 Every build is seeded and resumable: rerun the same command after an interruption and finished items are kept.
 Degradations are the presets in configs/degradation/ (`--degradation realesrgan|zoom|none`).
@@ -15,22 +16,33 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydra.utils import instantiate
-
-from magicbokeh.data import builders
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
+from magicbokeh.utils.cli import ArgumentParser, exit_on_user_error, set_offline_defaults
 from magicbokeh.utils.config import compose_config
-from magicbokeh.utils.logging import get_logger
-
-logger = get_logger(__name__)
 
 
 def _degradation(name: str):
+    from hydra.utils import instantiate
+
     return instantiate(compose_config("train", [f"degradation={name}"]).degradation)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _write_middlebury(out: Path) -> Path:
+    """The motorcycle photo as PNG and its disparity (our convention: [0, 1], 1 = nearest) as .npy."""
+    import numpy as np
+
+    from magicbokeh.data.io import write_image
+    from magicbokeh.data.middlebury import load_stereo_motorcycle
+    from magicbokeh.utils.files import atomic_path
+
+    image, disparity = load_stereo_motorcycle()
+    write_image(out / "motorcycle.png", image)
+    with atomic_path(out / "motorcycle.npy") as temp_path:
+        np.save(temp_path, disparity[0, 0].numpy())
+    return out
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="make_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,14 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     sr.add_argument("--lr-dir", type=Path, default=None, help="defaults to --hr-dir (RealSR: *_HR and *_LR4 together)")
     sr.add_argument("--out", type=Path, required=True)
     sr.add_argument("--name", default="realsr")
+
+    middlebury = commands.add_parser("middlebury", help="a real photo with ground-truth disparity, for render.py")
+    middlebury.add_argument("--out", type=Path, required=True)
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)  # before the heavy imports: a mistyped option fails at once
     set_offline_defaults()
-    args = _parser().parse_args(argv)
-    if args.command == "synthetic":
+    from magicbokeh.data import builders
+
+    if args.command == "middlebury":
+        out = _write_middlebury(args.out)
+    elif args.command == "synthetic":
         scene = {"texture_dir": str(args.texture_dir)} if args.texture_dir else None
         out = builders.write_synthetic_folder(
             args.out, args.count, args.size, seed=args.seed, max_coc_px=args.max_coc_px, K_range=args.K_range,

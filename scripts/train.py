@@ -10,16 +10,12 @@ python scripts/train.py -m experiment=ablation_no_fama,ablation_joint,ablation_n
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
-
-set_offline_defaults()
+from magicbokeh.utils.cli import hydra_main
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-@exit_on_user_error
+@hydra_main("train")
 def main(cfg: DictConfig) -> None:
     from magicbokeh.training.train import train
 

@@ -9,16 +9,12 @@ python scripts/train_depth.py experiment=depth_smoke run_id=<id> resume=latest  
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
-
-set_offline_defaults()
+from magicbokeh.utils.cli import hydra_main
 
 
-@hydra.main(config_path="../configs", config_name="depth", version_base="1.3")
-@exit_on_user_error
+@hydra_main("depth")
 def main(cfg: DictConfig) -> None:
     from magicbokeh.training.depth_distill import train_depth
 

@@ -26,6 +26,7 @@ from skimage import data as skimage_data
 from magicbokeh.data.datasets import SRFolderDataset
 from magicbokeh.data.degradations import RealESRGANDegradation, add_resize
 from magicbokeh.data.io import write_image
+from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import compose_config
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import sample_generator
@@ -66,7 +67,7 @@ def _instantiate(preset: str) -> RealESRGANDegradation:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py degradation", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="benchmark.py degradation", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="HR crop size in pixels")
     parser.add_argument("--samples", type=int, default=40, help="samples per row")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from magicbokeh.data.benchmark_index import BenchmarkSample, write_benchmark_index
 from magicbokeh.data.datasets import EBBDataset
@@ -28,6 +27,7 @@ from magicbokeh.errors import DatasetError, ParameterError
 from magicbokeh.optics.render import BokehRenderer
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 from magicbokeh.utils.seeding import sample_generator
 
 logger = get_logger(__name__)
@@ -96,7 +96,7 @@ def build_ebb400_lq(
     chosen = select_ebb_ids(ebb, count, seed, ids)
     out = Path(out_dir)
     samples = []
-    for number, file_index in enumerate(tqdm(chosen, desc="EBB400-LQ", unit="pair")):
+    for number, file_index in enumerate(progress_bar(chosen, desc="EBB400-LQ", unit="pair")):
         original, target = ebb.pairs[file_index]
         sample_id = original.stem
         paths = {
@@ -169,7 +169,7 @@ def build_sr_benchmark(
     ``target``; ``task="sr"``, K = 0 (the all-zero defocus of Table S.2)."""
     out = Path(out_dir)
     samples = []
-    for hr, lr in tqdm(pair_sr_files(hr_dir, lr_dir), desc=name, unit="pair"):
+    for hr, lr in progress_bar(pair_sr_files(hr_dir, lr_dir), desc=name, unit="pair"):
         sample_id = _sr_key(hr.stem)
         lq_path, target_path = out / "lq" / f"{sample_id}.png", out / "target" / f"{sample_id}{hr.suffix.lower()}"
         if not lq_path.exists():
@@ -213,7 +213,7 @@ def write_synthetic_folder(
     generator_of_scenes = SyntheticSceneGenerator(size, size, **(scene or {}))
     out = Path(out_dir)
     written = 0
-    for index in tqdm(range(count), desc="synthetic scenes", unit="scene"):
+    for index in progress_bar(range(count), desc="synthetic scenes", unit="scene"):
         name = f"{index:06d}"
         paths = [out / "image" / f"{name}.png", out / "disparity" / f"{name}.npy", out / "mask" / f"{name}.png"]
         render_json = out / "bokeh" / f"{name}.json"
@@ -256,7 +256,7 @@ def build_synthetic_benchmark(
     scenes = SyntheticSceneGenerator(size, size, **(scene or {}))
     out = Path(out_dir)
     samples = []
-    for index in tqdm(range(num_scenes), desc="synthetic benchmark", unit="scene"):
+    for index in progress_bar(range(num_scenes), desc="synthetic benchmark", unit="scene"):
         name = f"scene{index:04d}"
         hq, lq = out / "hq" / f"{name}.png", out / "lq" / f"{name}.png"
         disparity_path, mask_path = out / "disparity" / f"{name}.npy", out / "mask" / f"{name}.png"

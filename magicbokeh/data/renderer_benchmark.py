@@ -15,7 +15,6 @@ machine would show.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from magicbokeh.optics.aperture import ApertureSpec
 from magicbokeh.optics.coc import blur_px_for_K
 from magicbokeh.optics.reference import render_scatter_reference
 from magicbokeh.optics.render import DEFAULT_NUM_LAYERS, RENDER_METHODS, HighlightBoost, render_bokeh
+from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.files import atomic_path
 from magicbokeh.utils.logging import get_logger
 
@@ -216,7 +216,7 @@ def write_synthetic_gallery(path: Path, rows: int = 3, size: int = 256, max_coc_
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/benchmark.py renderer", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="scripts/benchmark.py renderer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1536)
     parser.add_argument("--blur-px", type=float, default=32.0)

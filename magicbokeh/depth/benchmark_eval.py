@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from magicbokeh.data.depth_benchmarks import SPECS, DepthBenchmarkDataset
 from magicbokeh.depth.metrics import depth_metrics
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 from magicbokeh.utils.files import atomic_write_text
+from magicbokeh.utils.progress import progress_bar
 from magicbokeh.utils.seeding import sample_generator
 
 SCENARIOS = ("clean", "degraded")
@@ -35,7 +35,7 @@ def evaluate_depth_benchmark(model, dataset: DepthBenchmarkDataset, degradation,
     ``(images, generator) -> images`` at the same size (``RealESRGANDegradation`` with ``resize_back``).
     """
     totals = {scenario: {"abs_rel": 0.0, "delta1": 0.0} for scenario in SCENARIOS}
-    for index in tqdm(range(len(dataset)), desc=f"depth eval {dataset.spec.name}", unit="img"):
+    for index in progress_bar(range(len(dataset)), desc=f"depth eval {dataset.spec.name}", unit="img"):
         sample = dataset[index]
         clean = sample["image"][None]
         inputs = {"clean": clean, "degraded": degradation(clean, sample_generator(seed, index))}

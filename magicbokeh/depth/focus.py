@@ -2,7 +2,9 @@
 
 The official inference takes the median of d inside a salient-object mask (every nonzero mask pixel counts); its
 demo takes d at the clicked pixel. A single pixel is fragile (it may sit on a depth edge, or on noise), so
-:func:`focus_from_point` takes the median of the depth-edge-free surface under the click instead.
+:func:`focus_from_point` takes the median of the depth-edge-free surface under the click instead;
+:func:`focus_at_pixel` and ``focus_from_mask(..., lower_median=True)`` are the release's own rules
+(``preset=release`` of the inference pipeline).
 
 Shapes: ``disparity`` is ``1×H×W`` (one map → a float) or ``B×1×H×W`` (→ a ``B`` tensor), values in [0, 1].
 """
@@ -88,8 +90,11 @@ def _mask_batch(mask: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
     return (mask.to(disparity.device) != 0).expand(batch, 1, height, width)
 
 
-def focus_from_mask(disparity: torch.Tensor, mask: torch.Tensor) -> float | torch.Tensor:
+def focus_from_mask(disparity: torch.Tensor, mask: torch.Tensor, *, lower_median: bool = False) -> float | torch.Tensor:
     """Median disparity inside a subject mask (every nonzero mask pixel counts, as in the official code).
+
+    For an even count the median is the mean of the two middle values (numpy's), or with ``lower_median`` the
+    lower of them (``torch.median``, what the release uses).
 
     Raises:
         EmptyMaskError: the mask (of any image in the batch) selects no pixel.
@@ -103,7 +108,7 @@ def focus_from_mask(disparity: torch.Tensor, mask: torch.Tensor) -> float | torc
         if selected.numel() == 0:
             where = "" if single else f" of image {index}"
             raise EmptyMaskError(f"the subject mask{where} is empty: select at least one pixel, or focus by point")
-        values.append(_median(selected))
+        values.append(selected.median() if lower_median else _median(selected))
     return _result(torch.stack(values), single, batch.device)
 
 
@@ -177,6 +182,27 @@ def focus_from_point(
                 f"y in [0, {height - 1}])"
             )
         values.append(_point_focus(batch[index], col, row, int(window), edge_threshold))
+    return _result(torch.stack(values), single, batch.device)
+
+
+def focus_at_pixel(disparity: torch.Tensor, point: Sequence[float] | Sequence[Sequence[float]]) -> float | torch.Tensor:
+    """The release demo's click rule: the disparity of the pixel ``(int(x), int(y))``, coordinates truncated.
+
+    Raises:
+        InvalidInputError: a point outside the image, or a bad disparity map.
+    """
+    batch, single = _as_batch(disparity)
+    points = _points_for_batch(point, batch.shape[0])
+    height, width = batch.shape[-2:]
+    values = []
+    for index, (x, y) in enumerate(points):
+        col, row = int(x), int(y)
+        if not (0 <= x < width and 0 <= y < height):
+            raise InvalidInputError(
+                f"focus point ({x:g}, {y:g}) lies outside the {width}×{height} image (x in [0, {width}), "
+                f"y in [0, {height}))"
+            )
+        values.append(batch[index, 0, row, col])
     return _result(torch.stack(values), single, batch.device)
 
 

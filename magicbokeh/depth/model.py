@@ -6,6 +6,14 @@ backbone exposes the normalised intermediate layers that feed the DPT head (what
 supports SDPA attention and gradient checkpointing. We only add what it lacks: presets by size, loading of the
 original ``.pth`` layout (:mod:`magicbokeh.depth.convert`), the release's preprocessing, and the [0, 1] contract.
 
+``preprocessing="release"`` reproduces the release's depth step where it differs from ours: the photo's 8-bit levels
+/255 in float64 are resized by OpenCV's bicubic (which differs from torch's by up to 5e-5) and not clamped to [0, 1]
+(bicubic overshoots at edges), normalised in float64; DINOv2's position embeddings are resized by a scale factor
+``(n + 0.1)/N`` (n patches along the side, N along the pretrained grid, 37 at 518 px) as the original DINOv2 code
+does, where transformers resizes them to the exact ``n`` (both sample the same grid only when n = N); and the
+min-max normalisation divides by ``max − min + 1e-8``. It is for inference: the OpenCV resize runs on the CPU and
+passes no gradient.
+
 The network predicts affine-invariant *disparity* (larger = nearer), so no inversion is needed for DESIGN §3.
 """
 
@@ -17,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
 from magicbokeh.depth.convert import to_hf_state_dict
 from magicbokeh.errors import ConfigError, InvalidInputError, missing_weights
@@ -94,6 +105,37 @@ def depth_anything_config(size: str) -> DepthAnythingConfig:
     )
 
 
+PREPROCESSINGS = ("default", "release")
+
+
+class ScaleFactorPositionEmbeddings(Dinov2Embeddings):
+    """DINOv2 embeddings whose position table is resized by a scale factor, as the original DINOv2 code does.
+
+    For an image of ``n_h × n_w`` patches and a pretrained ``N × N`` table, the patch part of the table is resized
+    bicubically (float32, no antialiasing) with ``scale_factor = ((n_h + 0.1)/N, (n_w + 0.1)/N)``. PyTorch then maps
+    output row ``i`` to source row ``(i + ½)·N/(n_h + 0.1) − ½`` instead of transformers' ``(i + ½)·N/n_h − ½``;
+    the 0.1 makes the output size come out as ``n`` despite floating-point rounding. A square image of exactly the
+    pretrained grid uses the table as it is (both versions agree there).
+    """
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        num_positions = self.position_embeddings.shape[1] - 1
+        patch_height, patch_width = self.patch_embeddings.patch_size
+        rows, cols = height // patch_height, width // patch_width
+        if embeddings.shape[1] - 1 == num_positions and height == width:
+            return self.position_embeddings
+        grid = math.isqrt(num_positions)
+        table = self.position_embeddings[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        resized = F.interpolate(
+            table.float(),
+            scale_factor=((rows + 0.1) / grid, (cols + 0.1) / grid),
+            mode="bicubic",
+            align_corners=False,
+        )
+        patches = resized.to(self.position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+        return torch.cat((self.position_embeddings[:, :1], patches), dim=1)
+
+
 @dataclass
 class DepthForward:
     """One forward pass: raw (unnormalised) disparity at the network resolution and the encoder features."""
@@ -109,9 +151,15 @@ class DepthModel(nn.Module):
         network: the HF network.
         input_size: short side (px) the image is resized to before the network (the release uses 518); ``None``
             keeps the input size, only rounding it up to a multiple of the patch size.
+        preprocessing: ``"default"`` or ``"release"`` (module docstring); :meth:`set_preprocessing` switches it.
     """
 
-    def __init__(self, network: DepthAnythingForDepthEstimation, input_size: int | None = DEFAULT_INPUT_SIZE):
+    def __init__(
+        self,
+        network: DepthAnythingForDepthEstimation,
+        input_size: int | None = DEFAULT_INPUT_SIZE,
+        preprocessing: str = "default",
+    ):
         super().__init__()
         if input_size is not None and input_size < network.config.patch_size:
             raise ConfigError(
@@ -121,6 +169,17 @@ class DepthModel(nn.Module):
         self.input_size = input_size
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_preprocessing(preprocessing)
+
+    def set_preprocessing(self, preprocessing: str) -> None:
+        """Switch between our preprocessing and the release's (module docstring); the weights stay as they are."""
+        if preprocessing not in PREPROCESSINGS:
+            raise ConfigError(f"depth preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+        self.preprocessing = preprocessing
+        # The override only changes how the position table is resized, so swapping the class of the existing
+        # module keeps its parameters and state dict untouched.
+        embeddings = self.network.backbone.embeddings
+        embeddings.__class__ = ScaleFactorPositionEmbeddings if preprocessing == "release" else Dinov2Embeddings
 
     @property
     def patch_size(self) -> int:
@@ -144,12 +203,26 @@ class DepthModel(nn.Module):
         """``B×3×H×W`` [0, 1] images → ImageNet-normalised network input at :meth:`network_size`."""
         _check_images(images)
         param = next(self.network.parameters())
-        images = images.to(device=param.device, dtype=param.dtype)
         size = self.network_size(*images.shape[-2:])
+        if self.preprocessing == "release":
+            return self._release_input(images, size).to(device=param.device, dtype=param.dtype)
+        images = images.to(device=param.device, dtype=param.dtype)
         if size != tuple(images.shape[-2:]):
-            # Bicubic like the release's cv2.INTER_CUBIC; clamped because bicubic overshoots.
+            # Bicubic like the release's cv2.INTER_CUBIC, clamped because bicubic overshoots.
             images = F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
         return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+
+    @staticmethod
+    def _release_input(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The release's input step (module docstring), image by image on the CPU, as float32 ``B×3×h×w``."""
+        mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+        prepared = []
+        for image in images.detach().float().cpu():
+            levels = image.mul(255.0).round_().permute(1, 2, 0).numpy().astype(np.float64) / 255.0
+            if size != tuple(levels.shape[:2]):
+                levels = cv2.resize(levels, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+            prepared.append(torch.from_numpy(((levels - mean) / std).transpose(2, 0, 1).astype(np.float32)))
+        return torch.stack(prepared)
 
     def forward(self, images: torch.Tensor) -> DepthForward:
         """Raw disparity (network resolution) and encoder features; differentiable (used by distillation)."""
@@ -168,6 +241,11 @@ class DepthModel(nn.Module):
         height, width = images.shape[-2:]
         raw = self(images).disparity.float()
         raw = F.interpolate(raw, size=(height, width), mode="bilinear", align_corners=True)
+        if self.preprocessing == "release":
+            flat = raw.flatten(1)
+            low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+            high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+            return ((raw - low) / (high - low + 1e-8)).to(images.device)
         return minmax_normalize(raw).to(images.device)
 
     def save(self, folder: str | Path) -> Path:
@@ -276,6 +354,7 @@ def build_depth_model(
     weights: str | Path | None = None,
     *,
     input_size: int | None = DEFAULT_INPUT_SIZE,
+    preprocessing: str = "default",
     config_key: str = "depth.weights",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -289,6 +368,7 @@ def build_depth_model(
             a folder with ``model.safetensors`` (HF hub folder, or one written by :meth:`DepthModel.save`).
         input_size: see :class:`DepthModel`; ``None`` keeps the image size. A folder written by
             :meth:`DepthModel.save` does not override it.
+        preprocessing: ``"default"`` or ``"release"`` (see :class:`DepthModel`).
         config_key: the config key that set ``weights``, quoted in the missing-file error.
         device, dtype: where to put the network (caller's choice; nothing is assumed).
         attn_implementation: ``"sdpa"`` or ``"eager"``.
@@ -311,7 +391,7 @@ def build_depth_model(
             if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
                 module.reset_parameters()
         logger.info("built a randomly initialised %s depth network (no weights given)", size)
-    model = DepthModel(network, input_size=input_size)
+    model = DepthModel(network, input_size=input_size, preprocessing=preprocessing)
     model.eval()
     model.to(device=device, dtype=dtype)
     return model

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from magicbokeh.data.benchmark_index import BenchmarkSample, load_benchmark_index
 from magicbokeh.data.io import read_disparity, read_image, write_image
@@ -37,6 +36,7 @@ from magicbokeh.evaluation.measures import controllability, in_focus_psnr, lapla
 from magicbokeh.evaluation.metrics import Metric, get_metric, metric_info
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 from magicbokeh.utils.seeding import sample_generator
 
 logger = get_logger(__name__)
@@ -142,7 +142,7 @@ def predict(
             if len(todo) < len(samples):
                 logger.info("%s seed %d: %d of %d already predicted", method.name, seed, len(samples) - len(todo),
                             len(samples))  # fmt: skip
-            for sample in tqdm(todo, desc=f"predict {method.name} seed{seed}", unit="img", leave=False):
+            for sample in progress_bar(todo, desc=f"predict {method.name} seed{seed}", unit="img", leave=False):
                 data = load_sample(sample, input_key)
                 index = samples.index(sample)
                 generator = sample_generator(seed, index, "evaluation")
@@ -246,7 +246,7 @@ def score(
     }
     rows: list[dict] = []
     for method, seed in pairs:
-        for sample in tqdm(samples, desc=f"score {method} seed{seed}", unit="img", leave=False):
+        for sample in progress_bar(samples, desc=f"score {method} seed{seed}", unit="img", leave=False):
             path = prediction_path(run_dir, method, seed, sample.id)
             if not path.is_file():
                 raise DatasetError(f"prediction '{path}' is missing: rerun the predict stage (it resumes)")

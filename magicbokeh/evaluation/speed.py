@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from magicbokeh.errors import ParameterError
 from magicbokeh.evaluation.baselines import build_method
+from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import CONFIG_DIR
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
@@ -162,7 +163,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py speed", description=__doc__,
+    parser = ArgumentParser(prog="benchmark.py speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--arch", nargs="+", default=["tiny"], choices=ARCHS, help="architectures to time")
     parser.add_argument("--size", type=int, default=512, help="tile side in pixels (multiple of the model stride)")

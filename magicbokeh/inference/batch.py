@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from magicbokeh.data.io import (
     DISPARITY_EXTENSIONS,
@@ -29,18 +28,22 @@ from magicbokeh.data.io import (
 )
 from magicbokeh.errors import ConfigError, ImageReadError, MagicBokehError
 from magicbokeh.inference.pipeline import BokehPipeline, Focus
-from magicbokeh.inference.sweeps import refocus_sweep, strength_sweep, write_sweep
+from magicbokeh.inference.sweeps import refocus_sweep, strength_sweep, sweep_label, write_sweep
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 
 logger = get_logger(__name__)
 
 
 @dataclass
 class RenderOptions:
-    """Per-run settings of :func:`render_inputs` (what ``configs/render.yaml`` holds besides the models)."""
+    """Per-run settings of :func:`render_inputs` (what ``configs/render.yaml`` holds besides the models).
 
-    K: float = 16.0
-    scale: float = 4.0
+    ``K`` and ``scale`` left at ``None`` take the pipeline's defaults (its preset's).
+    """
+
+    K: float | None = None
+    scale: float | None = None
     focus: Focus = "auto"
     save_maps: bool = False
     bit_depth: int = 8
@@ -133,7 +136,7 @@ def render_inputs(
             raise ConfigError(f"the input is a folder, so {what} must be a folder of maps named like the images")
 
     written, failures = [], []
-    for image_path in tqdm(images, desc="render", unit="image", disable=single):
+    for image_path in progress_bar(images, desc="render", unit="image", disable=single):
         try:
             disparity_path = _companion(disparity, image_path, single, "disparity")
             mask_path = _companion(mask, image_path, single, "mask")
@@ -156,12 +159,15 @@ def _render_one(
     disparity_path: Path | None,
     mask_path: Path | None,
 ) -> Path:
+    K = pipeline.default_K if options.K is None else options.K
     image = read_image(image_path)
     disparity = read_disparity(disparity_path) if disparity_path is not None else None
-    mask = read_disparity(mask_path) > 0.5 if mask_path is not None else None
+    # Every nonzero mask pixel is subject (≥ 1/255 in an 8-bit file), as in the release: a soft matte's feathered
+    # edge is part of the subject, and thresholding at one half would drop it and move the focus.
+    mask = read_disparity(mask_path) > 0 if mask_path is not None else None
     prepared = pipeline.prepare(image, scale=options.scale, disparity=disparity)
     focus_disparity = pipeline.focus_disparity(prepared, focus=options.focus, mask=mask)
-    result = pipeline.render(prepared, focus_disparity, options.K)
+    result = pipeline.render(prepared, focus_disparity, K)
     sweeps = bool(options.sweep_focus) or bool(options.sweep_K)
     if not sweeps:
         # Drop the input before encoding the output: for a 48 MP photo that is 0.5 GiB less at the write's peak.
@@ -170,7 +176,7 @@ def _render_one(
     target = write_image(output_dir / f"{stem}.png", result.image, bit_depth=options.bit_depth)
     logger.info(
         "%s → %s (%d×%d, focus disparity %.3f, K %g)",
-        image_path.name, target, result.image.shape[-1], result.image.shape[-2], focus_disparity, options.K,
+        image_path.name, target, result.image.shape[-1], result.image.shape[-2], focus_disparity, K,
     )  # fmt: skip
     if options.save_maps:
         write_disparity(output_dir / f"{stem}_disparity.png", result.disparity)
@@ -180,9 +186,13 @@ def _render_one(
         return target
     animation = {"fps": options.sweep_fps, "mp4": options.sweep_mp4, "max_side": options.sweep_max_side}
     if options.sweep_focus:
-        frames = refocus_sweep(pipeline, prepared, list(options.sweep_focus), options.K)
-        write_sweep(frames, output_dir, f"{stem}_refocus", **animation)
+        focuses = list(options.sweep_focus)
+        frames = refocus_sweep(pipeline, prepared, focuses, K)
+        labels = [sweep_label(focus, K) for focus in focuses]
+        write_sweep(frames, output_dir, f"{stem}_refocus", labels=labels, **animation)
     if options.sweep_K:
-        frames = strength_sweep(pipeline, prepared, focus_disparity, [float(k) for k in options.sweep_K])
-        write_sweep(frames, output_dir, f"{stem}_K", **animation)
+        strengths = [float(k) for k in options.sweep_K]
+        frames = strength_sweep(pipeline, prepared, focus_disparity, strengths)
+        labels = [sweep_label(focus_disparity, k) for k in strengths]
+        write_sweep(frames, output_dir, f"{stem}_K", labels=labels, **animation)
     return target

@@ -4,6 +4,7 @@
     python scripts/benchmark.py inference --network pointwise --sizes 2048x1536,8000x6000
     python scripts/benchmark.py inference --network tiny --sizes 64x64,128x128 --tile 64 --stride 32
     python scripts/benchmark.py inference --seam --tile 64 --stride 32      # tiny model, two overlapping tiles
+    python scripts/benchmark.py inference --small-images --results inference_small_images   # padding: old vs new
 
 Every measurement runs in a fresh child process, so its peak resident memory (``VmHWM``) belongs to that run
 alone. ``extra`` is the peak minus the process's peak before the image existed (imports, network): the image,
@@ -15,11 +16,17 @@ with its activations. On a GPU the peak device memory (``torch.cuda.max_memory_a
 Networks: ``pointwise`` (a per-pixel stand-in with no cost: isolates the pipeline's own memory, feasible at 48 MP
 on a CPU) and ``tiny`` (``configs/model/tiny.yaml``, random weights: the real architecture, small sizes only on a
 CPU). ``--io`` goes through the CLI's file path (read PNG → render → write PNG) instead of an in-memory image.
+
+``--small-images`` times the pipeline on photos whose upsampled size is smaller than a tile on at least one side,
+both ways in the same run: the former path (``pad_small_to_tile``: a short side mirror-padded to a whole tile) and
+the current one (padded to the model stride only); ``ratio`` = old time / new time. Its defaults are the tiny
+network with 128-px tiles on 32×32 and 80×53 photos at ×2 and ×4: the tile-to-image ratios of the render CLI's
+512-px tiles on 128×128 and 320×213 photos (those take minutes per tile on a CPU; pass ``--tile 512 --stride 256
+--sizes 128x128,320x213`` where there is time or a GPU). ``--results NAME`` writes ``results/NAME.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -31,12 +38,16 @@ from pathlib import Path
 import torch
 
 from magicbokeh.errors import ParameterError
+from magicbokeh.utils.cli import ArgumentParser
 
 DEFAULT_SIZES = {
     "pointwise": "1024x768,2048x1536,4096x3072,8000x6000",
     "tiny": "64x64,128x128,192x192",
 }
 DEFAULT_TILES = {"pointwise": (512, 256), "tiny": (64, 32)}
+SMALL_IMAGE_SIZES = "32x32,80x53"
+SMALL_IMAGE_SCALES = "2,4"
+SMALL_IMAGE_TILE = (128, 64)
 
 
 class PointwiseNetwork(torch.nn.Module):
@@ -103,8 +114,10 @@ def run_child(settings: dict) -> dict:
         tile_stride=settings["stride"] if tile else None,
         color_fix=settings["color_fix"],
         device=settings["device"],
+        pad_small_to_tile=settings.get("pad_small_to_tile", False),
         progress=False,
     )
+    scale = settings.get("scale", 1.0)
     width, height = settings["size"]
     device = torch.device(settings["device"])
     if device.type == "cuda":
@@ -114,10 +127,10 @@ def run_child(settings: dict) -> dict:
     if settings.get("input_file"):
         from magicbokeh.inference.batch import RenderOptions, render_inputs
 
-        options = RenderOptions(K=16.0, scale=1.0, focus=0.5)
+        options = RenderOptions(K=16.0, scale=scale, focus=0.5)
         render_inputs(pipeline, settings["input_file"], settings["output_dir"], options)
     else:
-        pipeline(_smooth_photo(height, width), focus=0.5, K=16.0, scale=1.0)
+        pipeline(_smooth_photo(height, width), focus=0.5, K=16.0, scale=scale)
     seconds = time.perf_counter() - start
     result = {"before_mb": before, "peak_mb": _peak_rss_mb(), "seconds": seconds}
     if device.type == "cuda":
@@ -134,12 +147,14 @@ def measure(
     color_fix: str = "adain",
     device: str = "cpu",
     io: bool = False,
+    scale: float = 1.0,
+    pad_small_to_tile: bool = False,
     timeout_s: float | None = None,
 ) -> dict:
     """Run one measurement of a ``(width, height)`` image in a fresh process; ``tile=0`` means untiled."""
     settings = {
         "size": list(size), "network": network, "tile": tile, "stride": stride, "color_fix": color_fix,
-        "device": device,
+        "device": device, "scale": scale, "pad_small_to_tile": pad_small_to_tile,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mb_inference_bench_") as folder:
         if io:
@@ -159,7 +174,7 @@ def measure(
         result = json.loads(completed.stdout.strip().splitlines()[-1])
         if io:
             result["output_exists"] = (Path(folder) / "out" / "photo.png").is_file()
-    image_mb = size[0] * size[1] * 3 * 4 / 2**20
+    image_mb = round(size[0] * scale) * round(size[1] * scale) * 3 * 4 / 2**20
     result.update(settings, extra_mb=result["peak_mb"] - result["before_mb"], image_mb=image_mb)
     result["extra_images"] = result["extra_mb"] / image_mb
     return result
@@ -181,6 +196,59 @@ def seam_error(tile: int = 64, stride: int = 32, network: str = "tiny") -> dict[
         return overlap_disagreement(model, [photo.clamp(0, 1), defocus], tile_size=tile, tile_stride=stride)
 
 
+def small_image_speedup(
+    sizes: list[tuple[int, int]],
+    scales: list[float],
+    *,
+    network: str = "tiny",
+    tile: int = SMALL_IMAGE_TILE[0],
+    stride: int = SMALL_IMAGE_TILE[1],
+    device: str = "cpu",
+) -> list[dict]:
+    """Time the former (pad to a tile) and the current (pad to the stride) path on each size × scale; one row each."""
+    rows = []
+    for width, height in sizes:
+        for scale in scales:
+            common = {"network": network, "tile": tile, "stride": stride, "device": device, "scale": scale}
+            old = measure((width, height), pad_small_to_tile=True, **common)
+            new = measure((width, height), pad_small_to_tile=False, **common)
+            out_w, out_h = round(width * scale), round(height * scale)
+            row = {
+                "input": f"{width}x{height}", "scale": scale, "output": f"{out_w}x{out_h}",
+                "old_seconds": old["seconds"], "new_seconds": new["seconds"], "ratio": old["seconds"] / new["seconds"],
+                "old_peak_mb": old["peak_mb"], "new_peak_mb": new["peak_mb"],
+            }  # fmt: skip
+            print(
+                f"{row['input']:>9} ×{scale:g} → {row['output']:>9}: old {old['seconds']:8.2f} s, "
+                f"new {new['seconds']:8.2f} s, ratio {row['ratio']:6.2f}",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def _write_small_image_results(name: str, rows: list[dict], settings: dict) -> Path:
+    from magicbokeh.utils.results import Table, write_results
+
+    table = Table(
+        ["input", "scale", "output", "old path (s)", "new path (s)", "speed-up"],
+        [[r["input"], r["scale"], r["output"], r["old_seconds"], r["new_seconds"], r["ratio"]] for r in rows],
+        ["", "g", "", ".2f", ".2f", ".1f"],
+    )
+    return write_results(
+        name,
+        {"settings": settings, "rows": rows},
+        title="Inference time of photos smaller than a tile: padded to a whole tile (old) vs to the model stride (new)",
+        tables={"speedup": table},
+        notes=(
+            "Each time is one pipeline call (network on every tile, blending, colour fix) in a fresh process, the "
+            f"{settings['network']} network with random weights, tiles {settings['tile']}/{settings['stride']}; "
+            "the old path mirror-pads an image side shorter than a tile to the whole tile, the new one pads it to "
+            "the model stride only. Both paths run in the same invocation; speed-up = old / new."
+        ),
+    )
+
+
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for item in text.split(","):
@@ -192,9 +260,19 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def _parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(item) for item in text.split(",")]
+    except ValueError as error:
+        raise ParameterError(f"scales are numbers separated by commas, got {text!r}") from error
+    if any(scale <= 0 for scale in scales):
+        raise ParameterError(f"scales must be positive, got {text!r}")
+    return scales
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py inference", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--network", choices=("pointwise", "tiny"), default="pointwise")
+    parser = ArgumentParser(prog="benchmark.py inference", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", choices=("pointwise", "tiny"), help="default pointwise (tiny: --small-images)")
     parser.add_argument("--sizes", help="WIDTHxHEIGHT,… (default depends on --network)")
     parser.add_argument("--tile", type=int, help="tile size (default 512 pointwise, 64 tiny); 0 = untiled only")
     parser.add_argument("--stride", type=int)
@@ -203,8 +281,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--io", action="store_true", help="read/write PNG files through the CLI code path")
     parser.add_argument("--seam", action="store_true", help="only report the tiny network's seam error")
+    parser.add_argument(
+        "--small-images", action="store_true", help="time small photos padded to a tile (old) vs to the stride (new)"
+    )
+    parser.add_argument("--scales", default=None, help=f"--small-images: output scales (default {SMALL_IMAGE_SCALES})")
+    parser.add_argument("--results", default=None, help="--small-images: write results/NAME.json")
     args = parser.parse_args(argv)
+    if args.small_images:
+        network = args.network or "tiny"
+        tile = SMALL_IMAGE_TILE[0] if args.tile is None else args.tile
+        stride = (tile // 2) if args.stride is None else args.stride
+        sizes = _parse_sizes(args.sizes or SMALL_IMAGE_SIZES)
+        scales = _parse_scales(args.scales or SMALL_IMAGE_SCALES)
+        print(f"network={network} device={args.device} tile={tile}/{stride}: old pads to a tile, new to the stride")
+        rows = small_image_speedup(sizes, scales, network=network, tile=tile, stride=stride, device=args.device)
+        if args.results:
+            settings = {"network": network, "tile": tile, "stride": stride, "device": args.device}
+            print(f"wrote {_write_small_image_results(args.results, rows, settings)}")
+        return 0
 
+    args.network = args.network or "pointwise"
     default_tile, default_stride = DEFAULT_TILES["tiny" if args.seam else args.network]
     tile = default_tile if args.tile is None else args.tile
     stride = default_stride if args.stride is None else args.stride

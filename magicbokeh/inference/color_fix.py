@@ -11,6 +11,11 @@ none perfect (SeeSR #54), so the method is a config switch:
   colours across edges (S3Diff #2).
 * ``none``.
 
+``release_color_fix`` is the release's own sequence (``preset=release``): the stitched output is truncated to 8 bits,
+AdaIN runs on that 8-bit image with the element-wise formula ``((out − μ_out)/σ_out)·σ_in + μ_in``, and the result
+is clamped and truncated to 8 bits again (its ``ToPILImage`` conversions). Truncation, not rounding, makes the
+output ≈ 0.5 levels darker than a float pipeline's; the two truncations are kept to reproduce its files.
+
 Both work on ``1×3×H×W`` CPU tensors of any size in horizontal bands, so memory stays a few bands beyond the image
 itself: AdaIN accumulates its statistics band by band (float64), the wavelet fix gets a halo of 31 rows (the sum of
 the dilations) around each band, which makes the banded result identical to the whole-image one.
@@ -59,6 +64,26 @@ def adain_color_fix(
         band = output[..., top : top + band_rows, :].float()
         fixed[..., top : top + band_rows, :] = (band * gain + bias).clamp_(0.0, 1.0)
     return fixed
+
+
+def truncate_8bit(images: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``floor(255·x)/255``: the 8-bit levels a ``uint8`` cast of ``255·x`` keeps (x ≥ 0), as float32."""
+    scaled = images.mul_(255.0) if inplace else images.float() * 255.0
+    return scaled.floor_().div_(255.0)
+
+
+def release_color_fix(
+    output: torch.Tensor, reference: torch.Tensor, band_rows: int = _BAND_ROWS, inplace: bool = False
+) -> torch.Tensor:
+    """The release's colour step (module docstring) on ``1×3×H×W`` float32 in [0, 1]; returns 8-bit levels."""
+    quantized = truncate_8bit(output, inplace=inplace and output.dtype == torch.float32)
+    out_mean, out_std = (v.to(torch.float32).view(1, -1, 1, 1) for v in _channel_stats(quantized, band_rows))
+    ref_mean, ref_std = (v.to(torch.float32).view(1, -1, 1, 1) for v in _channel_stats(reference, band_rows))
+    for top in range(0, quantized.shape[-2], band_rows):
+        band = quantized[..., top : top + band_rows, :]
+        fixed = ((band - out_mean) / out_std * ref_std + ref_mean).clamp_(0.0, 1.0)
+        band.copy_(truncate_8bit(fixed, inplace=True))
+    return quantized
 
 
 def _low_frequency(images: torch.Tensor) -> torch.Tensor:

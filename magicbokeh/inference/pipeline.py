@@ -12,6 +12,10 @@ Steps for one image (DESIGN §1 "inference", REFERENCE §1.7):
    size only; the image, maps and the blending accumulator live on the CPU in float32;
 6. colour fix against the upsampled input (:mod:`magicbokeh.inference.color_fix`).
 
+``preset`` (:mod:`magicbokeh.inference.presets`) decides the details: ``"default"`` is ours; ``"release"`` follows
+the official inference step for step (8-bit disparity and output, its tile weights, its focus rules, scale 1, K 32,
+images of at least 512 × 512).
+
 Precision: ``"auto"`` is fp16 on a GPU and fp32 on the CPU (half-precision convolutions on the CPU are slow or
 unsupported, so asking for them there is an error).
 """
@@ -26,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from magicbokeh.data.transforms import upsample
-from magicbokeh.depth.focus import focus_auto, focus_from_mask, focus_from_point
+from magicbokeh.depth.focus import focus_at_pixel, focus_auto, focus_from_mask, focus_from_point
 from magicbokeh.errors import ConfigError, InvalidInputError, ParameterError
-from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix
+from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix, release_color_fix, truncate_8bit
+from magicbokeh.inference.presets import PRESETS, InferencePreset, get_preset
 from magicbokeh.inference.tiling import check_tiling, run_tiled
 from magicbokeh.optics.coc import check_K
 from magicbokeh.optics.defocus import defocus_map
@@ -129,11 +134,28 @@ class BokehPipeline(abc.ABC):
         depth_model: anything with ``predict_disparity(images) -> B×1×H×W`` in [0, 1]; only needed when no
             disparity is passed.
         saliency_model: optional subject detector for ``focus="auto"`` (see :func:`magicbokeh.depth.focus.focus_auto`).
+        preset: the steps around the renderer (:mod:`magicbokeh.inference.presets`); K and scale default to its.
     """
 
-    def __init__(self, depth_model: object | None = None, saliency_model: Callable | None = None):
+    def __init__(
+        self,
+        depth_model: object | None = None,
+        saliency_model: Callable | None = None,
+        preset: InferencePreset = PRESETS["default"],
+    ):
         self.depth_model = depth_model
         self.saliency_model = saliency_model
+        self.preset = preset
+
+    @property
+    def default_K(self) -> float:
+        """K used when a call gives none (the preset's: 16 ours, 32 the release's)."""
+        return self.preset.K
+
+    @property
+    def default_scale(self) -> float:
+        """Output scale used when a call gives none (the preset's: 4 ours, 1 the release's)."""
+        return self.preset.scale
 
     @abc.abstractmethod
     def render(self, prepared: Prepared, focus_disparity: float, K: float) -> PipelineOutput:
@@ -144,15 +166,16 @@ class BokehPipeline(abc.ABC):
         self,
         image: torch.Tensor,
         focus: Focus = "auto",
-        K: float = 16.0,
-        scale: float = 4.0,
+        K: float | None = None,
+        scale: float | None = None,
         disparity: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``3×H×W`` or ``B×3×H×W`` LQ image(s) in [0, 1] → ``B×3×sH×sW`` (same rank as given).
 
         ``disparity`` and ``mask`` (nonzero = subject; used for the focus) are at the input or the output size, for
-        one image. With a mask, ``focus`` is ignored.
+        one image. With a mask, ``focus`` is ignored. ``K`` and ``scale`` default to :attr:`default_K` and
+        :attr:`default_scale`.
         """
         single = isinstance(image, torch.Tensor) and image.ndim == 3
         batch = image[None] if single else image
@@ -171,19 +194,22 @@ class BokehPipeline(abc.ABC):
         self,
         image: torch.Tensor,
         focus: Focus = "auto",
-        K: float = 16.0,
-        scale: float = 4.0,
+        K: float | None = None,
+        scale: float | None = None,
         disparity: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> PipelineOutput:
         """One image: the output plus the maps it was made from (``save_maps`` in the CLI)."""
         prepared = self.prepare(image, scale=scale, disparity=disparity)
         focus_disparity = self.focus_disparity(prepared, focus=focus, mask=mask)
-        return self.render(prepared, focus_disparity, K)
+        return self.render(prepared, focus_disparity, self.default_K if K is None else K)
 
     # ----------------------------------------------------------------------------------------------------------------
-    def prepare(self, image: torch.Tensor, scale: float = 4.0, disparity: torch.Tensor | None = None) -> Prepared:
+    def prepare(
+        self, image: torch.Tensor, scale: float | None = None, disparity: torch.Tensor | None = None
+    ) -> Prepared:
         """Validate, upsample, and get the disparity (given or estimated) at the input and output sizes."""
+        scale = self.default_scale if scale is None else scale
         images = image[None] if image.ndim == 3 else image
         if images.ndim != 4 or images.shape[:2] != (1, 3):
             raise InvalidInputError(f"image must be 3×H×W or 1×3×H×W RGB, got shape {tuple(image.shape)}")
@@ -192,6 +218,12 @@ class BokehPipeline(abc.ABC):
             raise InvalidInputError("image must be finite with values in [0, 1]")
         upsampled = upsample(images, scale)
         in_size, out_size = tuple(images.shape[-2:]), tuple(upsampled.shape[-2:])
+        if min(out_size) < self.preset.min_size:
+            raise InvalidInputError(
+                f"preset={self.preset.name} needs an output of at least {self.preset.min_size}×{self.preset.min_size} "
+                f"(it tiles {self.preset.tile_size}-px squares and pads nothing), got {_size_text(out_size)}; use "
+                "preset=default for smaller images"
+            )
         if disparity is None:
             disparity_in = self.estimate_disparity(images)
             disparity_out = None
@@ -214,6 +246,10 @@ class BokehPipeline(abc.ABC):
                 else F.interpolate(disparity_in, size=out_size, mode="bilinear", align_corners=False)
             )
         # Bilinear resampling is a convex combination, so the maps stay in [0, 1] without a clamp (and a copy).
+        if self.preset.disparity_8bit:
+            # The release stores disparity as 8-bit levels (uint8 of 255·d) and computes focus and defocus from them.
+            disparity_in = truncate_8bit(disparity_in)
+            disparity_out = disparity_in if disparity_out.shape == disparity_in.shape else truncate_8bit(disparity_out)
         return Prepared(images, upsampled, disparity_in, disparity_out, float(scale))
 
     def estimate_disparity(self, images: torch.Tensor) -> torch.Tensor:
@@ -224,19 +260,30 @@ class BokehPipeline(abc.ABC):
                 "CLI: disparity=FILE_OR_FOLDER) or configure the depth model weights (CLI: depth_model.weights=PATH, "
                 "default ${paths.da_depth})"
             )
+        preprocessing = getattr(self.depth_model, "preprocessing", None)
+        if preprocessing is not None and preprocessing != self.preset.depth_preprocessing:
+            logger.warning(
+                "the depth model uses %s preprocessing but preset=%s expects %s (build_depth_model(preprocessing=...))",
+                preprocessing, self.preset.name, self.preset.depth_preprocessing,
+            )  # fmt: skip
         with torch.inference_mode():
             disparity = self.depth_model.predict_disparity(images)
         return _as_map(disparity.float().cpu(), "estimated disparity")
 
     def focus_disparity(self, prepared: Prepared, focus: Focus = "auto", mask: torch.Tensor | None = None) -> float:
-        """d_f from a subject mask (input or output size), a point ``(x, y)`` in input pixels, a value, or auto."""
+        """d_f from a subject mask (input or output size), a point ``(x, y)`` in input pixels, a value, or auto.
+
+        The preset's focus rules decide the median of a mask (numpy's, or the release's lower middle value) and the
+        click (a robust surface median, or the release's single pixel).
+        """
+        release_rules = self.preset.focus_rules == "release"
         if mask is not None:
             mask_map = _as_map(mask, "mask")
             size = tuple(mask_map.shape[-2:])
             if size == tuple(prepared.disparity.shape[-2:]):
-                return float(focus_from_mask(prepared.disparity, mask_map))
+                return float(focus_from_mask(prepared.disparity, mask_map, lower_median=release_rules))
             if size == tuple(prepared.disparity_out.shape[-2:]):
-                return float(focus_from_mask(prepared.disparity_out, mask_map))
+                return float(focus_from_mask(prepared.disparity_out, mask_map, lower_median=release_rules))
             raise InvalidInputError(
                 f"mask of size {_size_text(size)} matches neither the input {_size_text(prepared.disparity.shape[-2:])}"
                 f" nor the output {_size_text(prepared.disparity_out.shape[-2:])}; resize the mask to the input image"
@@ -252,6 +299,8 @@ class BokehPipeline(abc.ABC):
         point = [float(v) for v in focus]
         if len(point) != 2:
             raise ParameterError(f"focus point must be (x, y) in input pixels, got {focus!r}")
+        if release_rules:
+            return float(focus_at_pixel(prepared.disparity, point))
         return float(focus_from_point(prepared.disparity, point))
 
 
@@ -262,12 +311,18 @@ class MagicBokehPipeline(BokehPipeline):
         model: ``model(lq_images B×3×h×w [0, 1], defocus B×1×h×w) -> images``; its ``stride`` attribute (default
             1) is the multiple the tile must be.
         depth_model, saliency_model: see :class:`BokehPipeline`.
-        tile_size, tile_stride: tiling (official 512/256); ``tile_size=None`` runs the whole image at once.
+        preset: ``"default"`` (ours) or ``"release"`` (the official inference exactly; it fixes the tiling and the
+            colour fix to the release's 512/256/adain, so other values are an error), or an
+            :class:`~magicbokeh.inference.presets.InferencePreset`.
+        tile_size, tile_stride: tiling (official 512/256); ``tile_stride=None`` is half the tile; ``tile_size=None``
+            runs the whole image at once. Images that fit in a tile run as one piece padded to the model stride.
         color_fix: ``adain`` (default), ``wavelet`` or ``none``.
         tile_batch_size: tiles per network call (memory vs. throughput).
         device: where the network runs (default: where its parameters are).
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
         merge_lora: fold the peft LoRA adapters into the base weights once (faster; see :func:`merge_lora_adapters`).
+        pad_small_to_tile: mirror-pad an image side shorter than a tile up to the whole tile, as the pipeline used
+            to (the baseline of ``scripts/benchmark.py inference``; it costs up to (tile/side)² more compute).
         progress: tqdm bar over tiles.
     """
 
@@ -276,21 +331,34 @@ class MagicBokehPipeline(BokehPipeline):
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         depth_model: object | None = None,
         *,
+        preset: str | InferencePreset = "default",
         tile_size: int | None = 512,
-        tile_stride: int | None = 256,
+        tile_stride: int | None = None,
         color_fix: str = "adain",
         tile_batch_size: int = 1,
         device: torch.device | str | None = None,
         precision: str = "auto",
         merge_lora: bool = False,
         saliency_model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pad_small_to_tile: bool = False,
         progress: bool = True,
     ):
-        super().__init__(depth_model, saliency_model)
+        settings = get_preset(preset)
+        super().__init__(depth_model, saliency_model, settings)
         if color_fix not in COLOR_FIX_METHODS:
             raise ParameterError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
         if tile_batch_size < 1:
             raise ParameterError(f"tile batch size must be ≥ 1, got {tile_batch_size}")
+        if tile_size is not None and tile_stride is None and isinstance(tile_size, int):
+            tile_stride = max(tile_size // 2, 1)
+        if settings.name == "release":
+            fixed = (settings.tile_size, settings.tile_stride, settings.color_fix)
+            if (tile_size, tile_stride, color_fix) != fixed:
+                raise ParameterError(
+                    f"preset=release fixes tile.size={fixed[0]}, tile.stride={fixed[1]} and color_fix={fixed[2]} "
+                    f"(the release's), got {tile_size}/{tile_stride}/{color_fix}; drop the override or use "
+                    "preset=default"
+                )
         self.model_stride = int(getattr(model, "stride", 1))
         check_tiling(tile_size, tile_stride, self.model_stride)
         self.device = torch.device(device) if device is not None else _model_device(model)
@@ -303,6 +371,7 @@ class MagicBokehPipeline(BokehPipeline):
         self.tile_size, self.tile_stride = tile_size, tile_stride
         self.color_fix = color_fix
         self.tile_batch_size = tile_batch_size
+        self.pad_small_to_tile = pad_small_to_tile
         self.progress = progress
 
     def render(self, prepared: Prepared, focus_disparity: float, K: float) -> PipelineOutput:
@@ -324,8 +393,14 @@ class MagicBokehPipeline(BokehPipeline):
                 tile_batch_size=self.tile_batch_size,
                 device=self.device,
                 dtype=self.dtype,
+                blend=self.preset.blend,
+                pad_to_tile=self.pad_small_to_tile,
                 progress=self.progress,
             )
             # In place: the accumulator is ours, and a second image-sized buffer is what a 48 MP photo cannot afford.
-            output = color_fix(output.clamp_(0.0, 1.0), prepared.upsampled, self.color_fix, inplace=True)
+            output.clamp_(0.0, 1.0)
+            if self.preset.output_8bit:
+                output = release_color_fix(output, prepared.upsampled, inplace=True)
+            else:
+                output = color_fix(output, prepared.upsampled, self.color_fix, inplace=True)
         return PipelineOutput(output, prepared.disparity_out, defocus, float(focus_disparity))

@@ -14,7 +14,6 @@ Peak memory: on CUDA ``max_memory_allocated`` above the pre-call level; on CPU t
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import math
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from magicbokeh.models.attention import dense_region_attention, region_attention
+from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -176,7 +176,7 @@ def print_full_forward_result(result: dict, device: torch.device, dtype: torch.d
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py model", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="benchmark.py model", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--tokens", type=int, nargs="*", default=[4096, 1024], help="attention sizes (squares; none: skip)"
     )

@@ -74,7 +74,7 @@ def aperture_kernel(
     """
     radius = float(radius_px)
     if not (math.isfinite(radius) and radius >= 0):
-        raise ParameterError(f"circle-of-confusion radius must be a finite number ≥ 0 pixels, got {radius_px}")
+        raise ParameterError(f"circle-of-confusion radius must be a finite number ≥ 0 pixels, got {radius:g}")
     spec = as_aperture(aperture)
     half = kernel_half_size(radius)
     if half == 0:

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from magicbokeh.errors import ParameterError
+from magicbokeh.errors import ParameterError, plain_values
 
 K_MAX = 32.0
 """Largest user-facing blur strength; K = K_MAX maps |d − d_f| = 1 to defocus 1."""
@@ -31,21 +31,23 @@ def check_K(K: float | torch.Tensor) -> None:
     """Raise :class:`ParameterError` unless every K is finite and in [0, K_MAX]."""
     values = torch.as_tensor(K, dtype=torch.float64)
     if not torch.isfinite(values).all() or (values < 0).any() or (values > K_MAX).any():
-        raise ParameterError(f"K must be in [0, {K_MAX:g}] (blur strength, official convention); got {K}")
+        raise ParameterError(
+            f"K must be in [0, {K_MAX:g}] (blur strength, official convention); got {plain_values(K)}"
+        )
 
 
 def blur_px_for_K(K: float | torch.Tensor, max_coc_px: float) -> float | torch.Tensor:
     """Renderer radius at |d − d_f| = 1 (pixels) for strength K: ``max_coc_px · K / 32``."""
     check_K(K)
     if not (math.isfinite(max_coc_px) and max_coc_px >= 0):
-        raise ParameterError(f"max_coc_px must be a finite radius ≥ 0 in pixels, got {max_coc_px}")
+        raise ParameterError(f"max_coc_px must be a finite radius ≥ 0 in pixels, got {plain_values(max_coc_px)}")
     return K * (max_coc_px / K_MAX)
 
 
 def K_for_blur_px(blur_px: float | torch.Tensor, max_coc_px: float) -> float | torch.Tensor:
     """Inverse of :func:`blur_px_for_K` (raises if the blur exceeds what K ≤ 32 can express)."""
     if max_coc_px <= 0:
-        raise ParameterError(f"max_coc_px must be positive to invert the blur, got {max_coc_px}")
+        raise ParameterError(f"max_coc_px must be positive to invert the blur, got {plain_values(max_coc_px)}")
     K = blur_px * (K_MAX / max_coc_px)
     check_K(K)
     return K

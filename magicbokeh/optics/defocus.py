@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from magicbokeh.errors import InvalidInputError, ParameterError
+from magicbokeh.errors import InvalidInputError, ParameterError, plain_values
 from magicbokeh.optics.coc import K_MAX, check_K, per_sample
 
 IN_FOCUS_THRESHOLD = 0.1
@@ -36,7 +36,7 @@ def defocus_map(
     _check_disparity(disparity)
     focus = torch.as_tensor(focus_disparity, dtype=torch.float64)
     if not torch.isfinite(focus).all() or (focus < 0).any() or (focus > 1).any():
-        raise ParameterError(f"focus_disparity must be in [0, 1], got {focus_disparity}")
+        raise ParameterError(f"focus_disparity must be in [0, 1], got {plain_values(focus_disparity)}")
     check_K(K)
     strength = per_sample(K, disparity) / K_MAX
     return ((disparity - per_sample(focus_disparity, disparity)).abs() * strength).clamp(0.0, 1.0)

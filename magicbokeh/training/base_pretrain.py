@@ -37,6 +37,7 @@ from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.optim import build_lr_scheduler
 from magicbokeh.utils.files import atomic_path
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 
 logger = get_logger(__name__)
 
@@ -80,7 +81,7 @@ def fit_autoencoder(
     # Cosine decay to zero: the last, small steps are what bring the reconstruction error down.
     scheduler = build_lr_scheduler(optimizer, warmup_steps=0, schedule="cosine", total_steps=steps)
     loss = torch.tensor(float("nan"))
-    progress = tqdm(range(steps), desc="vae pretrain (stand-in for SD2.1)", dynamic_ncols=True)
+    progress = progress_bar(range(steps), desc="vae pretrain (stand-in for SD2.1)", dynamic_ncols=True)
     for step in progress:
         batch = next(streams[step % len(streams)])
         pixels = torch.cat([batch[key] for key in images]).to(device)
@@ -172,7 +173,7 @@ class SamplePool:
             raise ConfigError(f"pool_size must be at least the batch size ({stream.batch_size}), got {size}")
         chunks: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
         drawn = 0
-        with tqdm(total=size, desc="sample pool", dynamic_ncols=True) as progress:
+        with progress_bar(total=size, desc="sample pool", dynamic_ncols=True) as progress:
             while drawn < size:
                 batch = next(stream)
                 for key in keys:

@@ -8,13 +8,13 @@ SD2.1-sized figure is reported as a ratio against the tiny network measured in t
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from magicbokeh.training.losses import ReconstructionLoss
 from magicbokeh.training.optim import build_optimizer
+from magicbokeh.utils.cli import ArgumentParser
 
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     from magicbokeh.models.build import SD21_UNET_CONFIG, SD21_VAE_CONFIG, build_model
     from magicbokeh.utils.config import compose_config
 
-    parser = argparse.ArgumentParser(prog="benchmark.py training", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="benchmark.py training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--phases", nargs="*", default=["sr_pretrain", "bokeh", "sr"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps of the smoke network per phase")
     parser.add_argument("--sd21-size", type=int, default=256, help="image side for the SD2.1-sized step (0: skip)")

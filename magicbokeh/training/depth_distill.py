@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from magicbokeh.depth.distill import (
     DistillLossWeights,
@@ -34,6 +33,7 @@ from magicbokeh.training.tracking import Tracker
 from magicbokeh.utils.distributed import build_accelerator
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 
 logger = get_logger(__name__)
 
@@ -170,7 +170,7 @@ def distill(
     initial = evaluate_distillation(unwrapped, teacher, eval_batches, device)
     unwrapped.train()
     tracker.log({f"eval/{k}": v for k, v in initial.items()}, step)
-    progress = tqdm(total=settings.steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
+    progress = progress_bar(total=settings.steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
     while step < settings.steps:
         batch = next(stream)
         with accelerator.autocast():

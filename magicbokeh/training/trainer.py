@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.training.checkpointing import (
@@ -43,6 +42,7 @@ from magicbokeh.training.phases import PhaseSchedule, phase_for_step
 from magicbokeh.training.tracking import Tracker
 from magicbokeh.training.validation import Validator
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     from magicbokeh.training.vsd import LatentVSD
@@ -121,7 +121,7 @@ class Trainer:
     def fit(self) -> None:
         """Train from ``self.step`` to ``max_steps``; log, validate and checkpoint on the configured periods."""
         settings = self.settings
-        progress = tqdm(
+        progress = progress_bar(
             total=settings.max_steps,
             initial=self.step,
             desc="train",

@@ -1,6 +1,5 @@
-"""Small helpers that really are shared: logging, seeding, CLI error handling."""
+"""Small helpers that really are shared: logging, seeding, progress bars, CLI error handling, results files.
 
-from magicbokeh.utils.logging import get_logger
-from magicbokeh.utils.seeding import sample_generator, seed_everything
-
-__all__ = ["get_logger", "sample_generator", "seed_everything"]
+Nothing is imported here, so that an entry point can check its command line (:mod:`magicbokeh.utils.cli`) and
+fail in a fraction of a second, before torch is loaded.
+"""

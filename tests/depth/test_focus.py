@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from magicbokeh.depth.focus import (
+    focus_at_pixel,
     focus_auto,
     focus_from_mask,
     focus_from_point,
@@ -30,6 +31,20 @@ def test_mask_median_single_and_batch():
     batch = torch.stack([disparity, 1 - disparity])
     values = focus_from_mask(batch, mask)
     assert values.shape == (2,) and torch.allclose(values, torch.tensor([0.2, 0.8]))
+
+
+def test_release_rules_lower_median_and_single_pixel():
+    disparity = torch.tensor([[[0.1, 0.2, 0.7], [0.3, 0.9, 0.4]]])
+    even = torch.tensor([[1, 1, 0], [1, 1, 0]])  # 0.1 0.2 0.3 0.9: middle values 0.2 and 0.3
+    assert focus_from_mask(disparity, even) == pytest.approx(0.25)
+    assert focus_from_mask(disparity, even, lower_median=True) == pytest.approx(0.2)  # torch.median
+    # The release's click: the pixel (int(x), int(y)), coordinates truncated; no window, no edge handling.
+    assert focus_at_pixel(disparity, (2.9, 0.99)) == pytest.approx(0.7)
+    assert focus_at_pixel(disparity, (1, 1)) == pytest.approx(0.9)
+    batch = torch.stack([disparity, 1 - disparity])
+    assert torch.allclose(focus_at_pixel(batch, [(0, 0), (2, 1)]), torch.tensor([0.1, 0.6]))
+    with pytest.raises(InvalidInputError, match="outside the 3×2 image"):
+        focus_at_pixel(disparity, (3.0, 0))
 
 
 def test_mask_errors():

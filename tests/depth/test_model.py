@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from magicbokeh.depth import DepthModel, build_depth_model
@@ -151,3 +152,50 @@ def test_unrelated_or_corrupt_files_are_rejected(tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="holds no model.safetensors"):
         build_depth_model("tiny", weights=empty)
+
+
+def test_release_position_embeddings_are_resized_by_a_scale_factor():
+    """Release preprocessing resizes the N×N position table (here 8×8) to n_rows × n_cols patches with
+    ``scale_factor=((n_rows + 0.1)/N, (n_cols + 0.1)/N)`` (the original DINOv2 code), rows along the image height;
+    transformers resizes to the size itself, which samples other points unless n = N."""
+    torch.manual_seed(0)
+    model = build_depth_model("tiny", input_size=None)
+    embeddings = model.network.backbone.embeddings
+    table = embeddings.position_embeddings.detach().clone()
+    grid, width = 8, table.shape[-1]
+    n_rows, n_cols = 13, 5
+    tokens = torch.zeros(1, 1 + n_rows * n_cols, width)
+    patches = table[:, 1:].reshape(1, grid, grid, width).permute(0, 3, 1, 2)
+
+    def expected(**resize):
+        resized = F.interpolate(patches, mode="bicubic", align_corners=False, **resize)
+        return torch.cat([table[:, :1], resized.permute(0, 2, 3, 1).reshape(1, n_rows * n_cols, width)], dim=1)
+
+    model.set_preprocessing("release")
+    release = embeddings.interpolate_pos_encoding(tokens, n_rows * 14, n_cols * 14)
+    torch.testing.assert_close(release, expected(scale_factor=((n_rows + 0.1) / grid, (n_cols + 0.1) / grid)))
+    model.set_preprocessing("default")
+    default = embeddings.interpolate_pos_encoding(tokens, n_rows * 14, n_cols * 14)
+    torch.testing.assert_close(default, expected(size=(n_rows, n_cols)))
+    assert (release - default).abs().max() > 1e-3
+    square = torch.zeros(1, 1 + grid * grid, width)  # the pretrained grid: both use the table as it is
+    model.set_preprocessing("release")
+    assert embeddings.interpolate_pos_encoding(square, grid * 14, grid * 14) is embeddings.position_embeddings
+
+
+def test_release_preprocessing_keeps_the_bicubic_overshoot():
+    """A hard black/white edge enlarged bicubically overshoots [0, 1]: ours clamps it, the release's does not."""
+    torch.manual_seed(0)
+    model = build_depth_model("tiny", input_size=112)
+    image = torch.zeros(1, 3, 40, 60)
+    image[..., :, 30:] = 1.0
+    ours = model.prepare(image) * model._std + model._mean  # back to [0, 1] units
+    assert ours.min() >= -1e-6 and ours.max() <= 1 + 1e-6
+    model.set_preprocessing("release")
+    theirs = model.prepare(image) * model._std + model._mean
+    assert theirs.shape == ours.shape and theirs.min() < -0.05 and theirs.max() > 1.05
+    torch.testing.assert_close(theirs.clamp(0, 1), ours, atol=1e-4, rtol=0)  # the same resize otherwise
+    disparity = model.predict_disparity(image)
+    assert disparity.shape == (1, 1, 40, 60) and 0 <= disparity.min() and disparity.max() <= 1
+    with pytest.raises(ConfigError, match="preprocessing"):
+        model.set_preprocessing("official")

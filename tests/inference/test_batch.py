@@ -101,6 +101,28 @@ def test_missing_input_wrong_mask_and_empty_folder(photos, tmp_path):
         render_inputs(_pipeline(), photos, tmp_path, RenderOptions(), mask=mask)
 
 
+def test_a_soft_mask_counts_every_nonzero_pixel(photos, tmp_path):
+    """A feathered subject matte (8-bit, 255 in the core, 254 → 1 over the edge): every pixel ≥ 1/255 is subject,
+    as in the release; a one-half threshold would keep only the core and move the focus."""
+    height, width = 37, 71
+    disparity = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    np.save(tmp_path / "disparity.npy", disparity)
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, 10:20] = 255
+    mask[:, 20:45] = np.linspace(254, 1, 25).round().astype(np.uint8)  # the feathered edge, mostly below 128
+    _write(tmp_path / "mask.png", mask)
+    pipeline = _pipeline()
+    chosen = []
+    focus_disparity = pipeline.focus_disparity
+    pipeline.focus_disparity = lambda *args, **kwargs: chosen.append(focus_disparity(*args, **kwargs)) or chosen[-1]
+    render_inputs(
+        pipeline, photos / "odd.png", tmp_path / "out", RenderOptions(scale=1), disparity=tmp_path / "disparity.npy",
+        mask=tmp_path / "mask.png",
+    )  # fmt: skip
+    assert chosen == [pytest.approx(float(np.median(disparity[mask >= 1])), abs=1e-6)]
+    assert abs(chosen[0] - float(np.median(disparity[mask >= 128]))) > 0.05  # the core alone would focus elsewhere
+
+
 def test_focus_config_and_lazy_depth():
     assert focus_from_config(None, None) == "auto"
     assert focus_from_config(0.3, None) == 0.3

@@ -44,3 +44,19 @@ def test_benchmark_cli_rejects_bad_sizes():
 
     with pytest.raises(ParameterError, match="WIDTHxHEIGHT"):
         main(["--sizes", "800by600"])
+
+
+@pytest.mark.slow  # two child processes
+def test_small_image_benchmark_times_both_paths_and_writes_a_results_file(tmp_path, monkeypatch):
+    import json
+
+    from magicbokeh.inference.benchmark import _write_small_image_results, small_image_speedup
+
+    rows = small_image_speedup([(20, 12)], [2.0], network="pointwise", tile=64, stride=32)
+    assert len(rows) == 1 and rows[0]["output"] == "40x24"
+    assert rows[0]["old_seconds"] > 0 and rows[0]["new_seconds"] > 0
+    assert rows[0]["ratio"] == pytest.approx(rows[0]["old_seconds"] / rows[0]["new_seconds"])
+    monkeypatch.setenv("MAGICBOKEH_RESULTS_DIR", str(tmp_path))
+    path = _write_small_image_results("small", rows, {"network": "pointwise", "tile": 64, "stride": 32})
+    document = json.loads(path.read_text())
+    assert document["tables"]["speedup"]["rows"][0][:3] == ["20x12", 2.0, "40x24"]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from magicbokeh.data.io import read_image
 from magicbokeh.errors import InvalidInputError, ParameterError
-from magicbokeh.inference.color_fix import adain_color_fix, color_fix, wavelet_color_fix
+from magicbokeh.inference.color_fix import (
+    adain_color_fix,
+    color_fix,
+    release_color_fix,
+    truncate_8bit,
+    wavelet_color_fix,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "synthetic"
 
 
 def _pair(height=70, width=50, seed=0):
@@ -66,3 +77,45 @@ def test_inplace_adain_reuses_the_output_buffer():
     fixed = color_fix(output, reference, "adain", inplace=True)
     assert fixed.data_ptr() == output.data_ptr()
     torch.testing.assert_close(fixed, expected)
+
+
+def test_release_color_fix_is_adain_between_two_8_bit_truncations():
+    output, reference = _pair(60, 40, seed=6)
+    reference = truncate_8bit(reference)  # an 8-bit photo
+    fixed = release_color_fix(output.clone(), reference)
+    torch.testing.assert_close(fixed * 255, (fixed * 255).round(), atol=1e-4, rtol=0)  # whole 8-bit levels
+    quantized = torch.floor(output * 255) / 255
+    flat, ref = quantized.reshape(1, 3, -1), reference.reshape(1, 3, -1)
+    mean, std = flat.mean(2).view(1, 3, 1, 1), (flat.var(2) + 1e-5).sqrt().view(1, 3, 1, 1)
+    ref_mean, ref_std = ref.mean(2).view(1, 3, 1, 1), (ref.var(2) + 1e-5).sqrt().view(1, 3, 1, 1)
+    expected = torch.floor(((quantized - mean) / std * ref_std + ref_mean).clamp(0, 1) * 255) / 255
+    assert ((fixed - expected).abs() * 255).max() <= 1 + 1e-4  # ties of the last truncation may fall either way
+    assert (fixed != expected).float().mean() < 0.01
+    # Truncation, not rounding: about half a level darker than the float AdaIN.
+    darker = (adain_color_fix(output, reference) - fixed).mean() * 255
+    assert 0.3 < darker < 0.7
+
+
+def test_adain_moves_a_saturated_subject_when_the_background_is_blurred():
+    """Not a bug but the method: even the exact bokeh of a scene (its rendered ground truth, standing in for a
+    perfect network) has lower per-channel contrast than the all-in-focus input, by a different factor per channel,
+    so AdaIN's per-channel gains σ_in/σ_out differ and a saturated subject changes hue; the implementation is the
+    textbook formula. The wavelet fix, local, leaves the subject closer to the exact bokeh."""
+    photo = read_image(SAMPLES / "image" / "000002.png")[None]
+    bokeh = read_image(SAMPLES / "bokeh" / "000002.png")[None]
+    fixed = adain_color_fix(bokeh, photo)
+    flat_out, flat_in = bokeh.reshape(1, 3, -1), photo.reshape(1, 3, -1)
+    gain = ((flat_in.var(2) + 1e-5) / (flat_out.var(2) + 1e-5)).sqrt().view(1, 3, 1, 1)
+    formula = ((bokeh - flat_out.mean(2).view(1, 3, 1, 1)) * gain + flat_in.mean(2).view(1, 3, 1, 1)).clamp(0, 1)
+    torch.testing.assert_close(fixed, formula, atol=1e-6, rtol=0)
+    assert gain.flatten().max() - gain.flatten().min() > 0.05  # per-channel gains differ by more than 5 %
+    red, green, blue = bokeh[0]
+    subject = (red > 0.7) & (green > 0.5) & (blue < 0.45)  # the orange-yellow object
+    assert subject.sum() > 100
+
+    def colour(image):
+        return torch.stack([channel[subject].mean() for channel in image[0]]) * 255
+
+    adain_shift = (colour(fixed) - colour(bokeh)).abs().max()
+    wavelet_shift = (colour(wavelet_color_fix(bokeh, photo)) - colour(bokeh)).abs().max()
+    assert adain_shift > 2.5 and wavelet_shift < adain_shift  # in 8-bit levels

@@ -159,3 +159,59 @@ def test_upsample_shrinks_with_antialiasing():
     image = torch.zeros(1, 3, 8, 8)
     image[..., ::2, :] = 1  # a row grating that plain bicubic would alias when halving
     assert upsample(image, 0.5).std() < 0.1  # plain bicubic gives ≈ 0.5 here
+
+
+def test_presets_give_the_default_K_and_scale():
+    ours = MagicBokehPipeline(PointwiseModel(), RampDepth(), progress=False)
+    release = MagicBokehPipeline(PointwiseModel(), RampDepth(), preset="release", progress=False)
+    assert (ours.default_K, ours.default_scale) == (16.0, 4.0)
+    assert (release.default_K, release.default_scale) == (32.0, 1.0)
+    out = ours.run(_image(20, 30), focus=0.5)
+    assert out.image.shape[-2:] == (80, 120)
+    out = release.run(_image(512, 520), focus=0.5)
+    assert out.image.shape[-2:] == (512, 520)
+    assert out.defocus.max() == pytest.approx(float((out.disparity - 0.5).abs().max()))  # K = 32: defocus = |d − d_f|
+    with pytest.raises(ConfigError, match="unknown inference preset 'oficial'"):
+        MagicBokehPipeline(PointwiseModel(), preset="oficial")
+
+
+def test_release_preset_keeps_the_release_limits():
+    release = MagicBokehPipeline(PointwiseModel(), RampDepth(), preset="release", progress=False)
+    with pytest.raises(InvalidInputError, match="preset=release needs an output of at least 512×512"):
+        release(_image(300, 600), focus=0.5)
+    for override in ({"tile_size": 256}, {"tile_stride": 128}, {"color_fix": "wavelet"}):
+        with pytest.raises(ParameterError, match="preset=release fixes tile.size=512, tile.stride=256"):
+            MagicBokehPipeline(PointwiseModel(), preset="release", **override)
+
+
+def test_release_preset_uses_8_bit_disparity_and_output():
+    image = _image(512, 512)
+    disparity = torch.linspace(0, 1, 512).view(1, 1, 512).expand(1, 512, 512) * 0.999
+    release = MagicBokehPipeline(PointwiseModel(), preset="release", progress=False)
+    out = release.run(image, focus=0.5, disparity=disparity)
+    torch.testing.assert_close(out.disparity, torch.floor(disparity[None] * 255) / 255, rtol=0, atol=0)
+    levels = out.image * 255
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)  # whole 8-bit levels
+
+
+def test_tile_size_alone_sets_the_stride_and_errors_name_the_wrong_value():
+    pipe = MagicBokehPipeline(PointwiseModel(), RampDepth(), tile_size=96, progress=False)
+    assert pipe.tile_stride == 48
+    assert pipe(_image(100, 150), focus=0.5, K=8, scale=1).shape == (3, 100, 150)
+    with pytest.raises(ParameterError, match=r"tile.size=100 is not a multiple of the model stride 8"):
+        MagicBokehPipeline(PointwiseModel(), tile_size=100)
+    with pytest.raises(ParameterError, match=r"tile.stride=256 is larger than tile.size=96"):
+        MagicBokehPipeline(PointwiseModel(), tile_size=96, tile_stride=256)
+
+
+def test_small_images_run_untiled_at_the_model_stride():
+    shapes = []
+
+    class Recorder(PointwiseModel):
+        def forward(self, images, defocus):
+            shapes.append(tuple(images.shape[-2:]))
+            return super().forward(images, defocus)
+
+    pipe = MagicBokehPipeline(Recorder(), RampDepth(), progress=False)  # 512-px tiles
+    pipe(_image(37, 53), focus=0.5, K=8, scale=2)
+    assert shapes == [(80, 112)]  # 74×106 padded to the stride 8, not to a 512-px tile

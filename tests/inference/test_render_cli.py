@@ -44,15 +44,61 @@ def photos(tmp_path_factory):
     return folder
 
 
-def _render(tmp_path, weights, *overrides):
-    command = [
-        sys.executable, str(ROOT / "scripts" / "render.py"),
-        f"ckpt={weights / 'ckpt'}", "depth_model.size=tiny", f"depth_model.weights={weights / 'depth'}",
-        "depth_model.input_size=null", "tile.size=64", "tile.stride=32", f"hydra.run.dir={tmp_path / 'run'}",
-        *overrides,
-    ]  # fmt: skip
+def _run(script, *arguments, cwd=ROOT):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT, check=False)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout, from any cwd
+    command = [sys.executable, str(ROOT / "scripts" / script), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd, check=False)
+
+
+def _render(tmp_path, weights, *overrides):
+    return _run(
+        "render.py", f"ckpt={weights / 'ckpt'}", "depth_model.size=tiny", f"depth_model.weights={weights / 'depth'}",
+        "depth_model.input_size=null", "tile.size=64", "tile.stride=32", *overrides,
+    )  # fmt: skip
+
+
+SAMPLES = ROOT / "data" / "samples" / "synthetic"
+
+
+def _classical(cwd, *overrides):
+    """The README's weight-free example: a shipped synthetic scene with its disparity, the optics renderer."""
+    return _run(
+        "render.py", "mode=classical", f"input={SAMPLES / 'image' / '000000.png'}",
+        f"disparity={SAMPLES / 'disparity' / '000000.npy'}", "scale=1", "K=24", *overrides, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_output_means_nothing_else_is_created(tmp_path):
+    result = _classical(tmp_path, "output=out", f"focus.mask={SAMPLES / 'mask' / '000000.png'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no outputs/render/<timestamp>/, no .hydra/, no log
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["000000.png"]
+
+
+def test_a_failed_run_leaves_no_folder(tmp_path):
+    cv2.imwrite(str(tmp_path / "small_mask.png"), np.full((10, 10), 255, np.uint8))
+    for overrides in (["output=out"], []):  # a given output folder, and the default outputs/render/<timestamp>
+        result = _classical(tmp_path, *overrides, f"focus.mask={tmp_path / 'small_mask.png'}")
+        assert result.returncode == 2 and "mask of size 10×10" in result.stderr, result.stderr[-2000:]
+        assert [p.name for p in tmp_path.iterdir()] == ["small_mask.png"]
+
+
+def test_the_middlebury_pair_renders_without_weights(tmp_path):
+    """README: make_dataset.py middlebury writes a real photo with its disparity; render.py focuses the tank."""
+    made = _run("make_dataset.py", "middlebury", "--out", "middlebury", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    result = _run(
+        "render.py", "mode=classical", "input=middlebury/motorcycle.png", "disparity=middlebury/motorcycle.npy",
+        "scale=1", "K=16", "focus.point=[289,205]", "output=out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rendered = read_image(tmp_path / "out" / "motorcycle.png")
+    photo = read_image(tmp_path / "middlebury" / "motorcycle.png")
+    assert rendered.shape == photo.shape == (3, 500, 741)
+    sharp, blurred = (slice(190, 220), slice(270, 310)), (slice(20, 80), slice(600, 700))  # the tank; the back shelf
+    assert (rendered - photo)[:, sharp[0], sharp[1]].abs().mean() < 0.02
+    assert (rendered - photo)[:, blurred[0], blurred[1]].abs().mean() > 0.03
 
 
 def test_folder_of_real_photos(tmp_path, weights, photos):

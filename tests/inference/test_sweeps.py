@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from magicbokeh.errors import ParameterError
 from magicbokeh.inference.pipeline import MagicBokehPipeline
-from magicbokeh.inference.sweeps import refocus_sweep, strength_sweep, write_sweep
+from magicbokeh.inference.sweeps import refocus_sweep, strength_sweep, sweep_label, write_sweep
 
 
 class Darken(torch.nn.Module):
@@ -55,3 +56,21 @@ def test_write_sweep_writes_frames_gif_and_mp4(tmp_path):
     mp4 = tmp_path / "photo_refocus.mp4"
     assert (mp4 in paths) == mp4.is_file()
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_labelled_frames_say_their_focus_and_K(tmp_path):
+    """The label goes into each frame's file name and is captioned (white on a dark band) on the animation."""
+    frames = [torch.full((1, 3, 60, 100), 0.5) for _ in range(2)]
+    labels = [sweep_label(0.2, 16), sweep_label((420, 310.5), 16)]
+    assert labels == ["focus 0.20, K 16", "focus x420 y310.5, K 16"]
+    assert sweep_label(0.43, 8.5) == "focus 0.43, K 8.5"
+    write_sweep(frames, tmp_path, "photo_refocus", labels=labels, mp4=False)
+    names = sorted(p.name for p in (tmp_path / "photo_refocus").iterdir())
+    assert names == ["frame_000_focus-0.20-K-16.png", "frame_001_focus-x420-y310.5-K-16.png"]
+    with Image.open(tmp_path / "photo_refocus.gif") as gif:
+        top = np.asarray(gif.convert("RGB"))[:12]
+    assert top.min() < 30 and top.max() > 225  # dark band with white text where the frame is uniform grey
+    with Image.open(tmp_path / "photo_refocus" / names[0]) as frame:
+        assert np.ptp(np.asarray(frame)) == 0  # the PNG frame itself is left clean
+    with pytest.raises(ParameterError, match="one label per frame"):
+        write_sweep(frames, tmp_path, "x", labels=labels[:1])

@@ -10,6 +10,7 @@ from magicbokeh.inference.tiling import (
     mirror_indices,
     overlap_disagreement,
     ramp_weights,
+    release_weights,
     run_tiled,
     tile_starts,
 )
@@ -55,20 +56,65 @@ def test_mirror_indices_reflect_beyond_one_image_width():
     assert mirror_indices(1, 4).tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("blend", ["ramp", "release"])
 @pytest.mark.parametrize(
     ("height", "width"),
     [(64, 64), (100, 37), (37, 211), (129, 161), (200, 96), (1, 70)],
     ids=["one-tile", "smaller-than-tile", "wide-odd", "odd-both", "tall", "one-row"],
 )
-def test_pointwise_model_tiled_equals_untiled(height, width):
+def test_pointwise_model_tiled_equals_untiled(height, width, blend):
     images, defocus = _inputs(height, width)
     expected = PointwiseModel()(images, defocus)
     model = PointwiseModel()
-    tiled = run_tiled(model, [images, defocus], out_channels=3, tile_size=64, tile_stride=32, model_stride=8)
+    tiled = run_tiled(
+        model, [images, defocus], out_channels=3, tile_size=64, tile_stride=32, model_stride=8, blend=blend
+    )
     assert tiled.shape == expected.shape
     torch.testing.assert_close(tiled, expected, rtol=0, atol=2e-6)
-    # Memory is bounded by the tile: the network never sees more than one 64×64 tile per call.
-    assert all(shape[-2:] == (64, 64) and shape[0] == 1 for shape in model.shapes)
+    # Memory is bounded by the tile: the network never sees more than one 64-px tile per side per call; a side
+    # that fits in one tile is padded only to the model stride.
+    expected_h = 64 if height > 64 else -(-height // 8) * 8
+    expected_w = 64 if width > 64 else -(-width // 8) * 8
+    assert all(shape == (1, 3, expected_h, expected_w) for shape in model.shapes)
+
+
+def test_small_images_are_padded_to_the_stride_not_to_a_tile():
+    """A 20×36 image runs as one 24×40 piece; the former behaviour (pad_to_tile) ran a whole 64×64 tile."""
+    images, defocus = _inputs(20, 36)
+    small, padded = PointwiseModel(), PointwiseModel()
+    out = run_tiled(small, [images, defocus], out_channels=3, tile_size=64, tile_stride=32, model_stride=8)
+    old = run_tiled(
+        padded, [images, defocus], out_channels=3, tile_size=64, tile_stride=32, model_stride=8, pad_to_tile=True
+    )
+    assert small.shapes == [(1, 3, 24, 40)] and padded.shapes == [(1, 3, 64, 64)]
+    torch.testing.assert_close(out, old, rtol=0, atol=1e-6)
+
+
+def test_release_weights_ramp_only_towards_neighbouring_tiles():
+    up, down = torch.linspace(0, 1, 256), torch.linspace(1, 0, 256)
+    first, last = release_weights(512, 256, 0, 768), release_weights(512, 256, 256, 768)
+    assert torch.equal(first, torch.cat([torch.ones(256), down]))
+    assert torch.equal(last, torch.cat([up, torch.ones(256)]))
+    assert torch.equal(release_weights(512, 256, 256, 1024), torch.cat([up, down]))  # a middle tile
+    assert torch.equal(release_weights(512, 256, 0, 512), torch.ones(512))  # the only tile
+
+
+def test_release_and_ramp_weights_differ_where_the_last_tile_sits_flush():
+    """Normalised 1-D weights of every tile on a 1562-px axis (tiles at 0, 256, …, 1024 and a flush 1050): equal
+    up to the linspace spacing where tiles are 256 apart, up to ≈ 0.25 apart around the flush tile."""
+    starts = tile_starts(1562, 512, 256)
+
+    def normalised(weights_at):
+        weights = torch.zeros(len(starts), 1562)
+        for index, start in enumerate(starts):
+            weights[index, start : start + 512] = weights_at(start)
+        return weights / weights.sum(0)
+
+    ramp = normalised(lambda start: ramp_weights(512, 256).float())
+    release = normalised(lambda start: release_weights(512, 256, start, 1562))
+    difference = (ramp - release).abs()
+    assert difference[:, :1024].max() < 2.5e-3
+    assert 0.2 < difference.max() < 0.25
 
 
 def test_tile_batches_give_the_same_result_with_fewer_calls():

@@ -6,11 +6,10 @@ import copy
 import json
 import os
 import sys
-import types
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -18,9 +17,9 @@ from magicbokeh.errors import ConfigError, MissingWeightsError
 from magicbokeh.models import MagicBokehModel, build_model
 from magicbokeh.models.build import SD21_SCHEDULER_CONFIG
 from magicbokeh.models.checkpoint import import_official_checkpoint, read_official_checkpoint
-from magicbokeh.models.model import parameter_group
 
 from .conftest import inputs, randomize
+from .official_format import write_official_checkpoint
 
 
 def test_save_load_round_trip_gives_identical_outputs(make_tiny_model, tmp_path):
@@ -52,50 +51,6 @@ class _Exploit:
         return (os.getcwd, ())
 
 
-def _official_checkpoint(model, path, monkeypatch) -> None:
-    """Write ``model``'s trainable weights as the release does: one torch.save pickle with a ControlNet object."""
-    state = model.state_dict()
-    down = ("unet.down_blocks.", "unet.conv_in.")
-
-    def unet_key(name):
-        adapter = "default_encoder" if name.startswith(down) else "default_decoder"
-        return name.removeprefix("unet.").replace(".sr.", f".{adapter}.")
-
-    lora_modules = {
-        n.removeprefix("unet.").split(".lora_A.")[0] for n in state if n.startswith("unet.") and ".lora_A." in n
-    }
-    # The release's ControlNet class lives in its own "models.controlnet" module and has no mid-block residual conv.
-    official_module = types.ModuleType("models.controlnet")
-    official_class = type("ControlNetModel", (ControlNetModel,), {"__module__": "models.controlnet"})
-    official_module.ControlNetModel = official_class
-    monkeypatch.setitem(sys.modules, "models", types.ModuleType("models"))
-    monkeypatch.setitem(sys.modules, "models.controlnet", official_module)
-    controlnet = copy.deepcopy(model.controlnet)
-    del controlnet.controlnet_mid_block
-    controlnet.__class__ = official_class
-    document = {
-        "rank_unet": model.config["unet_lora_rank"],
-        "unet_lora_encoder_modules": sorted(m for m in lora_modules if f"unet.{m}".startswith(down)),
-        "unet_lora_decoder_modules": sorted(m for m in lora_modules if not f"unet.{m}".startswith(down)),
-        "state_dict_unet": {unet_key(n): t for n, t in state.items() if parameter_group(n) in ("sr_lora", "conv_in")},
-        "rank_vae": model.config["vae_lora_rank"],
-        "vae_lora_encoder_modules": sorted(
-            {n.removeprefix("vae.").split(".lora_")[0] for n in state if ".lora_" in n and n.startswith("vae.")}
-        ),
-        "state_dict_vae": {
-            n.removeprefix("vae.").replace(".vae.", ".default_encoder."): t
-            for n, t in state.items()
-            if parameter_group(n) == "vae_lora"
-        },
-        "controlnet": controlnet,
-        "state_dict_attn": model.config["bokeh_lora_rank"],
-        "processor_state_dict": {
-            n.removeprefix("unet."): t for n, t in state.items() if parameter_group(n) == "bokeh_lora"
-        },
-    }
-    torch.save(document, path)
-
-
 def _official_tiny(make_tiny_model):
     return make_tiny_model(unet_lora_alpha=8.0, vae_lora_alpha=8.0, bokeh_lora_alpha=1.0)
 
@@ -104,7 +59,7 @@ def _official_tiny(make_tiny_model):
 def test_official_checkpoint_import_reproduces_the_model(make_tiny_model, tmp_path, monkeypatch):
     original = _official_tiny(make_tiny_model)
     randomize(original.trainable_parameters("joint"), std=0.1)
-    _official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
+    write_official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
     monkeypatch.delitem(sys.modules, "models.controlnet")  # the importer must not need the release's code
 
     target = copy.deepcopy(original)
@@ -123,7 +78,7 @@ def test_official_checkpoint_import_reproduces_the_model(make_tiny_model, tmp_pa
 
 
 def test_official_import_checks_ranks(make_tiny_model, tmp_path, monkeypatch):
-    _official_checkpoint(_official_tiny(make_tiny_model), tmp_path / "lora.pkl", monkeypatch)
+    write_official_checkpoint(_official_tiny(make_tiny_model), tmp_path / "lora.pkl", monkeypatch)
     with pytest.raises(ConfigError, match="bokeh_lora_rank"):
         import_official_checkpoint(tmp_path / "lora.pkl", model=make_tiny_model(bokeh_lora_rank=2))
 
@@ -161,7 +116,7 @@ def test_pretrained_base_checkpoints_store_only_trainable_weights(tiny_sd21_fold
 def test_official_import_builds_on_the_sd21_folder(tiny_sd21_folder, tmp_path, monkeypatch):
     original = build_model(tiny_sd21_folder, bokeh_lora_rank=3).eval()  # release alphas: 8 (UNet, VAE), 1 (bokeh)
     randomize(original.trainable_parameters("joint"), std=0.1)
-    _official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
+    write_official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
     imported = import_official_checkpoint(tmp_path / "lora.pkl", sd21_path=tiny_sd21_folder).eval()
     assert imported.config["bokeh_lora_rank"] == 3
     images, defocus = inputs(batch=1)

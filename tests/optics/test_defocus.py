@@ -1,10 +1,11 @@
 """The defocus condition and the renderer's circle of confusion agree by construction (DESIGN §3)."""
 
+import numpy as np
 import pytest
 import torch
 
-from magicbokeh.errors import InvalidInputError, ParameterError
-from magicbokeh.optics.coc import K_for_blur_px, blur_px_for_K, coc_radius_px
+from magicbokeh.errors import InvalidInputError, ParameterError, plain_values
+from magicbokeh.optics.coc import K_for_blur_px, blur_px_for_K, check_K, coc_radius_px
 from magicbokeh.optics.defocus import defocus_map, in_focus_mask
 
 
@@ -45,3 +46,12 @@ def test_K_round_trip_and_range_errors():
         defocus_map(torch.full((1, 1, 2, 2), float("nan")), 0.5, 8.0)
     with pytest.raises(InvalidInputError, match=r"B×1×H×W"):
         defocus_map(torch.zeros(1, 3, 2, 2), 0.5, 8.0)
+
+
+def test_errors_print_numbers_not_tensors():
+    with pytest.raises(ParameterError, match=r"got \[16, 100\]$"):
+        check_K(torch.tensor([16.0, 100.0]))
+    with pytest.raises(ParameterError, match=r"focus_disparity must be in \[0, 1\], got \[1.5\]$"):
+        defocus_map(torch.rand(1, 1, 4, 4), torch.tensor([1.5]), 8)
+    assert plain_values(torch.tensor(2.5)) == "2.5" and plain_values(np.float32(33)) == "33"
+    assert plain_values(torch.arange(20.0)) == "[0, 1, 2, 3, 4, 5, 6, 7, … (20 values)]"
