@@ -9,16 +9,12 @@ Served on 127.0.0.1 (configs/demo.yaml: server.*); nothing is sent anywhere else
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
-
-set_offline_defaults()
+from magicbokeh.utils.cli import hydra_main
 
 
-@hydra.main(config_path="../configs", config_name="demo", version_base="1.3")
-@exit_on_user_error
+@hydra_main("demo")
 def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
@@ -32,16 +28,19 @@ def main(cfg: DictConfig) -> None:
     from magicbokeh.inference.classical import ClassicalPipeline
     from magicbokeh.inference.demo import BokehDemo, PageDefaults, build_app, launch, shipped_samples
     from magicbokeh.inference.pipeline import MagicBokehPipeline
+    from magicbokeh.inference.presets import get_preset
     from magicbokeh.models import MagicBokehModel
     from magicbokeh.utils.seeding import seed_everything
 
     seed_everything(cfg.seed)
+    preset = get_preset(cfg.preset)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     depth_model = LazyDepthModel(
         lambda: build_depth_model(
             cfg.depth_model.size,
             cfg.depth_model.weights,
             input_size=cfg.depth_model.input_size,
+            preprocessing=preset.depth_preprocessing,
             config_key="depth_model.weights",
             device=device,
         )
@@ -55,6 +54,7 @@ def main(cfg: DictConfig) -> None:
         model = MagicBokehPipeline(
             MagicBokehModel.from_pretrained(cfg.ckpt, sd21_path=cfg.sd21),
             depth_model,
+            preset=preset.name,
             tile_size=cfg.tile.size,
             tile_stride=cfg.tile.stride,
             tile_batch_size=cfg.tile.batch,
