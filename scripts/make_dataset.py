@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from magicbokeh.data import builders
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
@@ -26,7 +27,9 @@ logger = get_logger(__name__)
 
 
 def _degradation(name: str):
-    return instantiate(compose_config("train", [f"degradation={name}"]).degradation)
+    """The preset's degradation and its description for the benchmark's index (compared with checkpoints')."""
+    config = compose_config("train", [f"degradation={name}"]).degradation
+    return instantiate(config), builders.describe_degradation(name, OmegaConf.to_container(config, resolve=True))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ebb = commands.add_parser("ebb400-lq", help="EBB400-LQ from an EBB! folder")
     ebb.add_argument("--ebb-root", type=Path, required=True, help="folder with original/ and bokeh/")
-    ebb.add_argument("--disparity-dir", type=Path, required=True, help="one disparity map per wide photo")
+    ebb.add_argument(
+        "--disparity-dir", type=Path, default=None,
+        help="one disparity map per wide photo (default none: evaluation estimates it from the LQ input, as the paper)",
+    )  # fmt: skip
     ebb.add_argument("--mask-dir", type=Path, default=None, help="focus annotations (else the pair-agreement rule)")
     ebb.add_argument("--out", type=Path, required=True)
     ebb.add_argument("--count", type=int, default=400)
@@ -86,17 +92,19 @@ def main(argv: list[str]) -> int:
         )  # fmt: skip
     elif args.command == "synthetic-benchmark":
         scene = {"texture_dir": str(args.texture_dir)} if args.texture_dir else None
+        degradation, info = _degradation(args.degradation)
         out = builders.build_synthetic_benchmark(
-            args.out, _degradation(args.degradation), num_scenes=args.scenes, size=args.size, K_values=args.K,
-            focus_rules=args.focus, seed=args.seed, max_coc_px=args.max_coc_px, scene=scene,
+            args.out, degradation, num_scenes=args.scenes, size=args.size, K_values=args.K,
+            focus_rules=args.focus, seed=args.seed, max_coc_px=args.max_coc_px, scene=scene, degradation_info=info,
         )  # fmt: skip
     elif args.command == "ebb400-lq":
         ids = None
         if args.ids_file is not None:
             ids = [line.strip() for line in args.ids_file.read_text().splitlines() if line.strip()]
+        degradation, info = _degradation(args.degradation)
         out = builders.build_ebb400_lq(
-            args.ebb_root, args.out, _degradation(args.degradation), disparity_dir=args.disparity_dir,
-            mask_dir=args.mask_dir, count=args.count, seed=args.seed, ids=ids, K=args.K,
+            args.ebb_root, args.out, degradation, disparity_dir=args.disparity_dir,
+            mask_dir=args.mask_dir, count=args.count, seed=args.seed, ids=ids, K=args.K, degradation_info=info,
         )  # fmt: skip
     else:
         out = builders.build_sr_benchmark(args.hr_dir, args.lr_dir or args.hr_dir, args.out, name=args.name)
