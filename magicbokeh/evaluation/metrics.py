@@ -228,35 +228,51 @@ def psnr(images: torch.Tensor, references: torch.Tensor, *, y_channel: bool = Fa
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """The normalised 1-D Gaussian ``g`` (float64) whose outer product ``g gᵀ`` is SSIM's 11×11 window."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    taps = torch.exp(-(coords**2) / (2 * sigma**2))
+    return taps / taps.sum()
+
+
+def _gaussian_filter_valid(maps: torch.Tensor) -> torch.Tensor:
+    """Gaussian-weighted local means of ``B×C×H×W`` maps over the valid region (no padding): ``B×C×(H−10)×(W−10)``.
+
+    The window is separable, so filtering the rows and then the columns with the 1-D taps equals the 2-D window
+    (11 + 11 products per pixel instead of 121); the maps stay in float64, so the result agrees with the 2-D
+    convolution to rounding (~1e-16), which the variance terms (E[x²] − μ², a difference of close numbers) need.
+    """
+    channels = maps.shape[1]
+    taps = gaussian_taps().to(maps.device)
+    rows = F.conv2d(maps, taps.view(1, 1, 1, -1).expand(channels, 1, 1, SSIM_WINDOW), groups=channels)
+    return F.conv2d(rows, taps.view(1, 1, -1, 1).expand(channels, 1, SSIM_WINDOW, 1), groups=channels)
 
 
 def ssim(images: torch.Tensor, references: torch.Tensor, *, y_channel: bool = False, crop_border: int = 0):
     """SSIM of Wang et al. 2004, eq. (13), per channel then averaged; the MATLAB/BasicSR protocol.
 
     Local statistics under an 11×11 Gaussian window (σ = 1.5) over the *valid* region only, population (not sample)
-    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1.
+    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1. Computed in float64 with the separable window on the
+    inputs' device (the evaluation moves them to the metric device).
     """
     _check_pair(images, references)
     x, y = _prepare(images, y_channel, crop_border), _prepare(references, y_channel, crop_border)
     channels = x.shape[1]
-    if min(x.shape[-2:]) < 11:
+    if min(x.shape[-2:]) < SSIM_WINDOW:
         raise InvalidInputError(f"SSIM needs images of at least 11×11 pixels, got {tuple(x.shape[-2:])}")
-    window = _gaussian_window().to(x.device).expand(channels, 1, 11, 11)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
+    # One filtering pass over the five maps whose local means give μx, μy, E[x²], E[y²], E[xy].
+    means = _gaussian_filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1))
+    mu_x, mu_y, xx, yy, xy = means.split(channels, dim=1)
     c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov_xy = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    mu_xy = mu_x * mu_y
+    mu_x2, mu_y2 = mu_x * mu_x, mu_y * mu_y
+    var_sum = (xx - mu_x2) + (yy - mu_y2)
+    cov_xy = xy - mu_xy
+    ssim_map = ((2 * mu_xy + c1) * (2 * cov_xy + c2)) / ((mu_x2 + mu_y2 + c1) * (var_sum + c2))
     return ssim_map.mean(dim=(1, 2, 3))
 
 
@@ -400,17 +416,15 @@ def get_metric(
     info = metric_info(name)
     if crop_border < 0:
         raise ParameterError(f"crop_border must be >= 0, got {crop_border}")
-    if info.name in ("psnr", "psnr_y"):
+    device = torch.device(device)
+    if info.name in ("psnr", "psnr_y", "ssim", "ssim_y"):
+        formula = psnr if info.name.startswith("psnr") else ssim
         y = info.options["y_channel"]
-        return Metric(info, lambda x, ref: psnr(x, ref, y_channel=y, crop_border=crop_border))
-    if info.name in ("ssim", "ssim_y"):
-        y = info.options["y_channel"]
-        return Metric(info, lambda x, ref: ssim(x, ref, y_channel=y, crop_border=crop_border))
+        return Metric(info, lambda x, ref: formula(x.to(device), ref.to(device), y_channel=y, crop_border=crop_border))
 
     weights_dir = Path(weights_dir) if weights_dir is not None else default_metric_weights_dir()
     torchvision_dir = Path(torchvision_dir) if torchvision_dir is not None else default_torchvision_weights_dir()
     check_weights(info, weights_dir, torchvision_dir)
-    device = torch.device(device)
     with _local_weights(weights_dir, torchvision_dir):
         if info.name == "niqe":
             module = _niqe_module(weights_dir, device, crop_border).eval()
