@@ -90,10 +90,9 @@ def main(cfg: DictConfig) -> None:
         mismatches = degradation_mismatches(model.training_info, meta) if protocol.input == "lq" else []
         if mismatches and main_process:
             logger.warning(
-                "benchmark '%s' was not made like the checkpoint's training data, so its scores measure another task:"
-                "\n  %s\nBuild a matching one, e.g. benchmark.root=%s_matched with the checkpoint's degradation "
-                "(degradation=<preset> degradation.scale=...) and renderer/benchmark.build.max_coc_px.",
-                cfg.benchmark.name, "\n  ".join(mismatches), root,
+                "benchmark '%s' was not made like the checkpoint's training data, so its scores measure another "
+                "task:\n  %s\n%s",
+                cfg.benchmark.name, "\n  ".join(mismatches), _matching_benchmark_hint(model.training_info, cfg),
             )  # fmt: skip
     names = list(cfg.methods)
     if model is None and "predict" in stages:
@@ -115,12 +114,13 @@ def main(cfg: DictConfig) -> None:
     front = BicubicPipeline(depth_model=depth_model)
     inputs = SampleInputs(protocol, run_dir, front)
 
-    uses_depth = any(inputs.needs_depth(sample) for sample in samples)
     depth_record = None
-    if uses_depth:
+    if any(inputs.needs_depth(sample) for sample in samples):
         depth_record = {"size": depth.size, "weights": depth.weights, "input_size": depth.input_size}
-        if depth.weights is not None and Path(depth.weights).is_file():
-            depth_record["sha256"] = sha256_of_files([depth.weights])
+        weights = Path(depth.weights) if depth.weights is not None else None
+        if weights is not None and weights.exists():  # a file, or a folder of them (HF layout, DepthModel.save)
+            files = [weights] if weights.is_file() else sorted(p for p in weights.rglob("*") if p.is_file())
+            depth_record["sha256"] = sha256_of_files(files)
     manifest = build_manifest(
         benchmark=benchmark_record(root, cfg.benchmark.name),
         protocol={**protocol.record(), "max_coc_px": float(renderer.max_coc_px)},
@@ -161,6 +161,21 @@ def main(cfg: DictConfig) -> None:
         overwrite=cfg.overwrite,
         accelerator=accelerator if accelerator.num_processes > 1 else None,
     )
+
+
+def _matching_benchmark_hint(training_info: dict, cfg: DictConfig) -> str:
+    """How to evaluate on a benchmark made like the checkpoint's training data (synthetic benchmarks are built)."""
+    if cfg.benchmark.get("build") is None:
+        return "Rebuild the benchmark with the checkpoint's degradation (scripts/make_dataset.py --degradation ...)."
+    overrides = [f"benchmark.root={cfg.benchmark.root}_matched"]
+    if training_info.get("degradation_preset"):
+        overrides.append(f"degradation={training_info['degradation_preset']}")
+    scale = (training_info.get("degradation") or {}).get("scale")
+    if scale is not None:
+        overrides.append(f"degradation.scale={scale:g}")
+    if training_info.get("max_coc_px") is not None:
+        overrides.append(f"benchmark.build.max_coc_px={training_info['max_coc_px']:g}")
+    return f"A matching benchmark is built by adding: {' '.join(overrides)}"
 
 
 def _focus_rule(value):
