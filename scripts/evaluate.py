@@ -58,8 +58,10 @@ def main(cfg: DictConfig) -> None:
     seed_everything(int(cfg.seed))  # a randomly initialised depth model (tests) is then the same on every process
 
     # ---- objects, built once from the config
-    protocol = Protocol(
-        input=cfg.benchmark.input, disparity=cfg.benchmark.disparity, focus=_focus_rule(cfg.benchmark.focus)
+    protocol = Protocol(  # a benchmark config that predates the protocol keys means the index's maps and focus
+        input=cfg.benchmark.input,
+        disparity=cfg.benchmark.get("disparity", "index"),
+        focus=_focus_rule(cfg.benchmark.get("focus", "index")),
     )
     pipeline = PipelineSettings(
         preset=cfg.pipeline.preset, tile_size=cfg.pipeline.tile.size, tile_stride=cfg.pipeline.tile.stride,

@@ -29,7 +29,7 @@ from magicbokeh.data.benchmark_index import BenchmarkSample, check_sample_id
 from magicbokeh.data.io import read_disparity, read_image, write_disparity
 from magicbokeh.errors import ConfigError, DatasetError
 from magicbokeh.evaluation.baselines import BicubicPipeline, Case
-from magicbokeh.inference.pipeline import BokehPipeline, Focus
+from magicbokeh.inference.pipeline import BokehPipeline, Focus, Prepared
 from magicbokeh.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -145,14 +145,14 @@ class SampleInputs:
         self.estimated += 1
         return disparity
 
-    def _focus(self, sample: BenchmarkSample, case_prepared, has_disparity: bool) -> float:
+    def _focus(self, sample: BenchmarkSample, prepared: Prepared, has_disparity: bool) -> float:
         rule = self.protocol.focus
         if not has_disparity:
             return 0.0  # pure SR: zero defocus at any focus
         if rule == "mask":
             if sample.mask is None:
                 raise DatasetError(f"benchmark.focus=mask but sample '{sample.id}' has no subject mask")
-            return self.front.focus_disparity(case_prepared, mask=read_mask(sample.mask))
+            return self.front.focus_disparity(prepared, mask=read_mask(sample.mask))
         focus: Focus
         if rule == "index":
             if sample.focus_disparity is None:
@@ -163,7 +163,7 @@ class SampleInputs:
             focus = float(sample.focus_disparity)
         else:
             focus = rule if isinstance(rule, str) else float(rule)
-        return self.front.focus_disparity(case_prepared, focus=focus)
+        return self.front.focus_disparity(prepared, focus=focus)
 
     def case(self, sample: BenchmarkSample, *, estimate: bool = True) -> Case:
         """The sample's input, prepared; ``estimate=False`` (scoring) refuses to run the depth model."""

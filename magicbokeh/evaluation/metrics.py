@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from magicbokeh.errors import InvalidInputError, MissingWeightsError, ParameterError, missing_weights
 from magicbokeh.utils.logging import get_logger
@@ -239,41 +238,58 @@ def gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.T
     return taps / taps.sum()
 
 
-def _gaussian_filter_valid(maps: torch.Tensor) -> torch.Tensor:
-    """Gaussian-weighted local means of ``B×C×H×W`` maps over the valid region (no padding): ``B×C×(H−10)×(W−10)``.
+def _gaussian_mean_valid(plane: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Gaussian-weighted local mean of one ``H×W`` map over the valid region (no padding): ``(H−10)×(W−10)``.
 
-    The window is separable, so filtering the rows and then the columns with the 1-D taps equals the 2-D window
-    (11 + 11 products per pixel instead of 121); the maps stay in float64, so the result agrees with the 2-D
-    convolution to rounding (~1e-16), which the variance terms (E[x²] − μ², a difference of close numbers) need.
+    The window is separable, so filtering the rows and then the columns with the 1-D taps ``g`` equals the 2-D
+    window ``g gᵀ`` (11 + 11 products per pixel instead of 121). Each pass is 11 shifted, weighted in-place sums
+    rather than a grouped ``conv2d``: torch has no fast depthwise float64 convolution, and one map (2 MiB at 512²)
+    stays in cache across its 22 sums (~4× faster than two 1-D convolutions on the CPU).
     """
-    channels = maps.shape[1]
-    taps = gaussian_taps().to(maps.device)
-    rows = F.conv2d(maps, taps.view(1, 1, 1, -1).expand(channels, 1, 1, SSIM_WINDOW), groups=channels)
-    return F.conv2d(rows, taps.view(1, 1, -1, 1).expand(channels, 1, SSIM_WINDOW, 1), groups=channels)
+    height, width = plane.shape
+    out_h, out_w = height - SSIM_WINDOW + 1, width - SSIM_WINDOW + 1
+    rows = plane[:, :out_w] * taps[0]
+    for k in range(1, SSIM_WINDOW):
+        rows.add_(plane[:, k : k + out_w], alpha=taps[k])
+    out = rows[:out_h] * taps[0]
+    for k in range(1, SSIM_WINDOW):
+        out.add_(rows[k : k + out_h], alpha=taps[k])
+    return out
+
+
+def _ssim_plane(x: torch.Tensor, y: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Mean SSIM of one pair of ``H×W`` float64 maps (eq. 13 of Wang et al. 2004 at every valid pixel)."""
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = _gaussian_mean_valid(x, taps), _gaussian_mean_valid(y, taps)
+    mu_xy = mu_x * mu_y
+    mu_x.square_()
+    mu_y.square_()
+    # σx² + σy² = E[x²] − μx² + E[y²] − μy², and σxy = E[xy] − μxμy, in float64: these differences of close numbers
+    # are where lower precision would lose the digits SSIM's stabilisers C1, C2 (1e-4, 9e-4) compare against.
+    variances = _gaussian_mean_valid(x * x, taps).sub_(mu_x).add_(_gaussian_mean_valid(y * y, taps)).sub_(mu_y)
+    covariance = _gaussian_mean_valid(x * y, taps).sub_(mu_xy)
+    numerator = mu_xy.mul_(2).add_(c1).mul_(covariance.mul_(2).add_(c2))
+    denominator = mu_x.add_(mu_y).add_(c1).mul_(variances.add_(c2))
+    return numerator.div_(denominator).mean()
 
 
 def ssim(images: torch.Tensor, references: torch.Tensor, *, y_channel: bool = False, crop_border: int = 0):
     """SSIM of Wang et al. 2004, eq. (13), per channel then averaged; the MATLAB/BasicSR protocol.
 
     Local statistics under an 11×11 Gaussian window (σ = 1.5) over the *valid* region only, population (not sample)
-    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1. Computed in float64 with the separable window on the
-    inputs' device (the evaluation moves them to the metric device).
+    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1. Computed in float64, one channel at a time with the
+    separable window, on the inputs' device (the evaluation moves them to the metric device); equal to the direct
+    11×11 convolution to rounding.
     """
     _check_pair(images, references)
     x, y = _prepare(images, y_channel, crop_border), _prepare(references, y_channel, crop_border)
-    channels = x.shape[1]
     if min(x.shape[-2:]) < SSIM_WINDOW:
         raise InvalidInputError(f"SSIM needs images of at least 11×11 pixels, got {tuple(x.shape[-2:])}")
-    # One filtering pass over the five maps whose local means give μx, μy, E[x²], E[y²], E[xy].
-    means = _gaussian_filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1))
-    mu_x, mu_y, xx, yy, xy = means.split(channels, dim=1)
-    c1, c2 = 0.01**2, 0.03**2
-    mu_xy = mu_x * mu_y
-    mu_x2, mu_y2 = mu_x * mu_x, mu_y * mu_y
-    var_sum = (xx - mu_x2) + (yy - mu_y2)
-    cov_xy = xy - mu_xy
-    ssim_map = ((2 * mu_xy + c1) * (2 * cov_xy + c2)) / ((mu_x2 + mu_y2 + c1) * (var_sum + c2))
-    return ssim_map.mean(dim=(1, 2, 3))
+    taps = gaussian_taps().tolist()
+    # Every channel has the same number of valid pixels, so the image's mean is the mean of the channels' means.
+    return torch.stack(
+        [torch.stack([_ssim_plane(xc, yc, taps) for xc, yc in zip(xb, yb)]).mean() for xb, yb in zip(x, y)]
+    )
 
 
 # --- local-only weights for pyiqa ------------------------------------------------------------------------------
