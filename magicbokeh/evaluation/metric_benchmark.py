@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
                           "max_abs_difference": difference}  # fmt: skip
     threads = torch.get_num_threads()
     table = Table(
-        ["metric", "direct 11×11 window (s)", "separable window (s)", "speed-up (×)", "max |Δ score|"],
+        ["metric", "direct 11×11 window (s)", "separable window (s)", "speed-up (×)", "largest score difference"],
         rows,
         ["", ".3f", ".3f", ".1f", ".1e"],
     )
