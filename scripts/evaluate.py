@@ -30,7 +30,13 @@ def main(cfg: DictConfig) -> None:
     from magicbokeh.data.builders import build_synthetic_benchmark, describe_degradation
     from magicbokeh.depth import build_depth_model
     from magicbokeh.errors import ConfigError
-    from magicbokeh.evaluation.baselines import MODEL_METHODS, BicubicPipeline, PipelineSettings, build_methods
+    from magicbokeh.evaluation.baselines import (
+        MODEL_METHODS,
+        RENDERER_METHODS,
+        BicubicPipeline,
+        PipelineSettings,
+        build_methods,
+    )
     from magicbokeh.evaluation.evaluate import degradation_mismatches, run_evaluation
     from magicbokeh.evaluation.inputs import Protocol, SampleInputs
     from magicbokeh.evaluation.manifest import benchmark_record, build_manifest, checkpoint_record, sha256_of_files
@@ -123,14 +129,15 @@ def main(cfg: DictConfig) -> None:
         if weights is not None and weights.exists():  # a file, or a folder of them (HF layout, DepthModel.save)
             files = [weights] if weights.is_file() else sorted(p for p in weights.rglob("*") if p.is_file())
             depth_record["sha256"] = sha256_of_files(files)
+    model_methods = any(name in MODEL_METHODS for name in names)
+    renderer_record = {**OmegaConf.to_container(cfg.renderer, resolve=True), "max_coc_px": renderer.max_coc_px}
     manifest = build_manifest(
         benchmark=benchmark_record(root, cfg.benchmark.name),
-        protocol={**protocol.record(), "max_coc_px": float(renderer.max_coc_px)},
-        checkpoint=checkpoint_record(cfg.ckpt),
-        pipeline=pipeline.record() if any(name in MODEL_METHODS for name in names) else None,
-        renderer=OmegaConf.to_container(cfg.renderer, resolve=True),
+        protocol=protocol.record(),
+        checkpoint=checkpoint_record(cfg.ckpt) if model_methods else None,
+        pipeline={**pipeline.record(), "sample_posterior": cfg.sample_posterior} if model_methods else None,
+        renderer=renderer_record if any(name in RENDERER_METHODS for name in names) else None,
         depth_model=depth_record,
-        sample_posterior=cfg.sample_posterior,
         scores={
             "crop_border": cfg.metrics.crop_border,
             "weights_dir": str(cfg.metrics.weights_dir),

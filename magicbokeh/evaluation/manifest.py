@@ -3,8 +3,9 @@
 ``<run_dir>/manifest.json`` holds
 
 - ``predictions``: everything that decides a prediction — the benchmark (its folder and the sha256 of its
-  ``index.json``), the input protocol, the checkpoint (sha256 of ``model.safetensors`` + ``config.json``), the
-  pipeline settings, the renderer, the depth model and whether the VAE posterior is sampled;
+  ``index.json``) and the input protocol, then the components a call may or may not use (null when it does not):
+  the checkpoint (sha256 of ``model.safetensors`` + ``config.json``), the model methods' pipeline settings
+  (with whether the VAE posterior is sampled), the classical renderer and the depth model;
 - ``scores``: what decides a score besides the prediction (crop border, metric weight folders);
 - ``code`` (commit and dirty flag) and ``config`` (the resolved eval config) of the call that predicted: for the
   record, not compared.
@@ -38,6 +39,8 @@ PREDICTION_OUTPUTS = ("predictions", "disparity")
 SCORE_OUTPUTS = ("per_image.csv", "summary.json", "table.md", "report.md", "plots", "grids")
 # The keys of the predictions section that a score- or report-only call still depends on.
 DATA_KEYS = ("benchmark", "protocol")
+# Components a call may not use (null in its manifest): nothing to compare then, and the stored record stays.
+OPTIONAL_KEYS = ("checkpoint", "pipeline", "renderer", "depth_model")
 
 
 class StaleRunError(ConfigError):
@@ -82,12 +85,11 @@ def build_manifest(
     pipeline: dict | None = None,
     renderer: dict | None = None,
     depth_model: dict | None = None,
-    sample_posterior: bool = False,
     scores: dict | None = None,
     code: dict | None = None,
     config: dict | None = None,
 ) -> dict:
-    """Assemble a manifest from its parts (see the module docstring)."""
+    """Assemble a manifest from its parts (see the module docstring); a component this call does not use is None."""
     return {
         "predictions": {
             "benchmark": benchmark,
@@ -96,7 +98,6 @@ def build_manifest(
             "pipeline": pipeline,
             "renderer": renderer,
             "depth_model": depth_model,
-            "sample_posterior": bool(sample_posterior),
         },
         "scores": scores or {},
         "code": code or {},
@@ -118,11 +119,10 @@ def _differences(stored: dict, current: dict, keys: Sequence[str], prefix: str) 
     found = []
     for key in keys:
         old, new = stored.get(key), current.get(key)
-        if key == "checkpoint":
-            if old is None or new is None:
-                continue  # no model method was predicted, or this call names no checkpoint: nothing to compare
-            if old["sha256"] == new["sha256"]:
-                continue  # the same weights, wherever they are read from
+        if key in OPTIONAL_KEYS and (old is None or new is None):
+            continue  # no prediction on disk used it, or this call does not use it: nothing to compare
+        if key == "checkpoint" and old["sha256"] == new["sha256"]:
+            continue  # the same weights, wherever they are read from
         if old != new:
             found.append(f"{prefix}{key}: {_short(old)} -> {_short(new)}")
     return found
@@ -207,8 +207,9 @@ def record_manifest(
     document = dict(manifest)
     if "predict" in stages:
         predictions = dict(manifest["predictions"])
-        if predictions.get("checkpoint") is None:
-            predictions["checkpoint"] = stored.get("predictions", {}).get("checkpoint")
+        for key in OPTIONAL_KEYS:  # what earlier predictions on disk used stays recorded
+            if predictions.get(key) is None:
+                predictions[key] = stored.get("predictions", {}).get(key)
         document["predictions"] = predictions
     elif "predictions" in stored:
         # The stored sections describe the predictions on disk, and the call and code that made them.

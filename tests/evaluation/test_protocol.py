@@ -45,10 +45,10 @@ def _inputs(run_dir, depth, **protocol):
     return SampleInputs(Protocol(**protocol), run_dir, BicubicPipeline(depth_model=depth))
 
 
-def _manifest(root, protocol=None, checkpoint=None, crop_border=0):
+def _manifest(root, protocol=None, checkpoint=None, crop_border=0, pipeline=None):
     return build_manifest(
         benchmark=benchmark_record(root, "toy"), protocol=(protocol or Protocol()).record(), checkpoint=checkpoint,
-        scores={"crop_border": crop_border},
+        pipeline=pipeline, scores={"crop_border": crop_border},
     )  # fmt: skip
 
 
@@ -119,8 +119,9 @@ def test_wrong_size_disparity_or_mask_is_refused_like_render(tmp_path, which):
 def test_a_rerun_with_another_checkpoint_or_benchmark_is_refused(tmp_path, tiny_weights):
     root = make_benchmark(tmp_path / "bench", scenes=1, K_values=(8.0,))
     run_dir = tmp_path / "run"
-    first = _manifest(root, checkpoint=checkpoint_record(tiny_weights / "ckpt"))
-    other = _manifest(root, checkpoint=checkpoint_record(tiny_weights / "other_ckpt"))
+    tiles = PipelineSettings().record()
+    first = _manifest(root, checkpoint=checkpoint_record(tiny_weights / "ckpt"), pipeline=tiles)
+    other = _manifest(root, checkpoint=checkpoint_record(tiny_weights / "other_ckpt"), pipeline=tiles)
     assert first["predictions"]["checkpoint"]["sha256"] != other["predictions"]["checkpoint"]["sha256"]
     methods = [build_method("bicubic")]
     inputs = _inputs(run_dir, None)
@@ -130,6 +131,12 @@ def test_a_rerun_with_another_checkpoint_or_benchmark_is_refused(tmp_path, tiny_
     with pytest.raises(StaleRunError, match="checkpoint"):  # naming another checkpoint when only rescoring
         run_evaluation(root, run_dir, [], ["psnr"], inputs, manifest=other, stages=["score"])
     run_evaluation(root, run_dir, [], ["psnr"], inputs, manifest=_manifest(root), stages=["score"])  # no ckpt: fine
+    # Predicting more with a baseline only (no checkpoint, no pipeline) is fine and keeps the model's record.
+    run_evaluation(root, run_dir, methods, ["psnr"], inputs, manifest=_manifest(root), stages=["predict"])
+    assert read_manifest(run_dir)["predictions"]["checkpoint"] == first["predictions"]["checkpoint"]
+    with pytest.raises(StaleRunError, match="pipeline"):
+        changed = _manifest(root, pipeline=PipelineSettings(color_fix="wavelet").record())
+        run_evaluation(root, run_dir, methods, ["psnr"], inputs, manifest=changed, stages=["predict"])
     with pytest.raises(StaleRunError, match="scores.crop_border: 0 -> 4"):
         run_evaluation(root, run_dir, [], ["psnr"], inputs, manifest=_manifest(root, crop_border=4), stages=["score"])
     moved = make_benchmark(tmp_path / "bench2", scenes=1, K_values=(8.0,))
