@@ -189,3 +189,16 @@ def test_model_method_is_the_inference_pipeline(tmp_path, tiny_weights, tile_siz
     stochastic = build_methods(["model"], model=model, pipeline=settings, sample_posterior=True)[0]
     draws = [stochastic.run(case, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
     assert stochastic.stochastic and torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_ebb400_lq_config_is_the_paper_protocol_with_its_table_row():
+    from magicbokeh.evaluation.metrics import metric_info
+    from magicbokeh.utils.config import compose_config
+
+    benchmark = compose_config("eval", ["benchmark=ebb400_lq"]).benchmark
+    assert Protocol(input=benchmark.input, disparity=benchmark.disparity, focus=benchmark.focus) == Protocol(
+        disparity="estimate", focus="mask"
+    )
+    paper = benchmark.paper
+    assert paper.source and paper.method == "model"
+    assert all(metric_info(name).name == name for name in paper.metrics)  # our registry's names, so they compare
