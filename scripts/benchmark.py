@@ -9,6 +9,7 @@ Each prints ratios against a baseline measured in the same run (never a timed as
   training     training steps/s per phase: smoke network and SD2.1-sized network (magicbokeh.training.benchmark)
   inference    peak memory and time vs image size for the tiled pipeline       (magicbokeh.inference.benchmark)
   speed        unified model vs two-stage baselines: latency, memory, FLOPs    (magicbokeh.evaluation.speed)
+  metrics      SSIM: separable window vs the direct 11×11 window, same values  (magicbokeh.evaluation.metric_benchmark)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "training": "magicbokeh.training.benchmark",
     "inference": "magicbokeh.inference.benchmark",
     "speed": "magicbokeh.evaluation.speed",
+    "metrics": "magicbokeh.evaluation.metric_benchmark",
 }
 
 

@@ -7,7 +7,7 @@
   middlebury           Middlebury 2014 "motorcycle" (scikit-image's offline copy) → motorcycle.png + motorcycle.npy
 
 Every build is seeded and resumable: rerun the same command after an interruption and finished items are kept.
-Degradations are the presets in configs/degradation/ (`--degradation realesrgan|zoom|none`).
+Degradations are the presets in configs/degradation/ (`--degradation realesrgan|zoom|osediff|none`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ from magicbokeh.utils.config import compose_config
 
 
 def _degradation(name: str):
+    """The preset's degradation and its description for the benchmark's index (compared with checkpoints')."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    return instantiate(compose_config("train", [f"degradation={name}"]).degradation)
+    from magicbokeh.data import builders
+
+    config = compose_config("train", [f"degradation={name}"]).degradation
+    return instantiate(config), builders.describe_degradation(name, OmegaConf.to_container(config, resolve=True))
 
 
 def _write_middlebury(out: Path) -> Path:
@@ -69,7 +74,10 @@ def _parser() -> ArgumentParser:
 
     ebb = commands.add_parser("ebb400-lq", help="EBB400-LQ from an EBB! folder")
     ebb.add_argument("--ebb-root", type=Path, required=True, help="folder with original/ and bokeh/")
-    ebb.add_argument("--disparity-dir", type=Path, required=True, help="one disparity map per wide photo")
+    ebb.add_argument(
+        "--disparity-dir", type=Path, default=None,
+        help="one disparity map per wide photo (default none: evaluation estimates it from the LQ input, as the paper)",
+    )  # fmt: skip
     ebb.add_argument("--mask-dir", type=Path, default=None, help="focus annotations (else the pair-agreement rule)")
     ebb.add_argument("--out", type=Path, required=True)
     ebb.add_argument("--count", type=int, default=400)
@@ -105,17 +113,19 @@ def main(argv: list[str]) -> int:
         )  # fmt: skip
     elif args.command == "synthetic-benchmark":
         scene = {"texture_dir": str(args.texture_dir)} if args.texture_dir else None
+        degradation, info = _degradation(args.degradation)
         out = builders.build_synthetic_benchmark(
-            args.out, _degradation(args.degradation), num_scenes=args.scenes, size=args.size, K_values=args.K,
-            focus_rules=args.focus, seed=args.seed, max_coc_px=args.max_coc_px, scene=scene,
+            args.out, degradation, num_scenes=args.scenes, size=args.size, K_values=args.K,
+            focus_rules=args.focus, seed=args.seed, max_coc_px=args.max_coc_px, scene=scene, degradation_info=info,
         )  # fmt: skip
     elif args.command == "ebb400-lq":
         ids = None
         if args.ids_file is not None:
             ids = [line.strip() for line in args.ids_file.read_text().splitlines() if line.strip()]
+        degradation, info = _degradation(args.degradation)
         out = builders.build_ebb400_lq(
-            args.ebb_root, args.out, _degradation(args.degradation), disparity_dir=args.disparity_dir,
-            mask_dir=args.mask_dir, count=args.count, seed=args.seed, ids=ids, K=args.K,
+            args.ebb_root, args.out, degradation, disparity_dir=args.disparity_dir,
+            mask_dir=args.mask_dir, count=args.count, seed=args.seed, ids=ids, K=args.K, degradation_info=info,
         )  # fmt: skip
     else:
         out = builders.build_sr_benchmark(args.hr_dir, args.lr_dir or args.hr_dir, args.out, name=args.name)

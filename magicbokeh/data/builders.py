@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +33,19 @@ from magicbokeh.utils.seeding import sample_generator
 logger = get_logger(__name__)
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def describe_degradation(preset: str | None, settings: Mapping | None) -> dict:
+    """How a benchmark's inputs were degraded, for its ``index.json`` meta: the preset name (``configs/degradation``)
+    and its settings, in the form a checkpoint records its training degradation (``config.json`` → ``training``), so
+    evaluation can compare the two."""
+    settings = {key: value for key, value in dict(settings or {}).items() if key != "_target_"}
+    return {"degradation_preset": preset, "degradation": settings or None}
+
+
+def _degradation_meta(degradation: Degradation, info: dict | None) -> dict:
+    # Without the caller's settings only the object's description is known (kept for the record; not comparable).
+    return dict(info) if info is not None else {"degradation_preset": None, "degradation": repr(degradation)}
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -68,7 +81,7 @@ def build_ebb400_lq(
     out_dir: str | os.PathLike,
     degradation: Degradation,
     *,
-    disparity_dir: str | os.PathLike,
+    disparity_dir: str | os.PathLike | None = None,
     count: int = 400,
     seed: int = 0,
     ids: Sequence[str] | None = None,
@@ -76,19 +89,18 @@ def build_ebb400_lq(
     mask_dir: str | os.PathLike | None = None,
     original_dir: str = "original",
     bokeh_dir: str = "bokeh",
+    degradation_info: dict | None = None,
 ) -> Path:
     """EBB400-LQ: ``count`` EBB! pairs (fixed seed or a fixed id list), the wide photo degraded at native size.
 
-    ``disparity_dir`` holds one disparity map per wide photo (e.g. Depth Anything V2 run on the clean photo); the
-    evaluator needs it to build the defocus condition. Focus comes from ``mask_dir`` (hand annotations) or, failing
-    that, from the pair-agreement rule (:func:`~magicbokeh.data.datasets.focus_mask_from_pair`):
-    ``focus_disparity`` is the median disparity inside the mask (the inference rule).
+    The focus region comes from ``mask_dir`` (hand annotations) or, failing that, from the pair-agreement rule
+    (:func:`~magicbokeh.data.datasets.focus_mask_from_pair`), saved as ``mask``. Without ``disparity_dir`` the
+    benchmark is the paper's: no disparity and no fixed focus; evaluation estimates disparity from the LQ input
+    with the degradation-aware depth model and focuses on the median disparity inside the mask
+    (``configs/benchmark/ebb400_lq.yaml``). With it (one map per wide photo, e.g. a depth model run on the clean
+    photo), the maps are stored and ``focus_disparity`` is their median inside the mask (the inference rule).
+    ``degradation_info``: see :func:`describe_degradation`.
     """
-    if disparity_dir is None:
-        raise ParameterError(
-            "EBB400-LQ needs disparity maps for the wide photos (--disparity-dir): the evaluator builds the defocus "
-            "condition from them; compute them once with the depth model on the clean photos"
-        )
     ebb = EBBDataset(
         ebb_root, split="all", crop_size=None, K=K, original_dir=original_dir, bokeh_dir=bokeh_dir,
         disparity_dir=disparity_dir, mask_dir=mask_dir, flip=False,
@@ -104,19 +116,24 @@ def build_ebb400_lq(
             "target": out / "target" / f"{sample_id}{target.suffix.lower()}",
             "hq": out / "hq" / f"{sample_id}{original.suffix.lower()}",
             "mask": out / "mask" / f"{sample_id}.png",
-            "disparity": out / "disparity" / f"{sample_id}.npy",
+            "disparity": out / "disparity" / f"{sample_id}.npy" if disparity_dir is not None else None,
         }
         focus_path = out / "focus" / f"{sample_id}.json"
-        if not (all(p.exists() for p in paths.values()) and focus_path.exists()):
+        if not (all(p.exists() for p in paths.values() if p is not None) and focus_path.exists()):
             wide, _, disparity, mask = ebb.read_pair(file_index)
+            rule = "mask" if ebb.masks[file_index] else "pair_agreement"
+            if not bool(mask.any()):
+                # No pixel agreed: focus on the median of the whole image, so the stored mask says so too.
+                mask, rule = torch.ones_like(mask), f"{rule}_empty_whole_image"
             lq = degradation(wide[None], sample_generator(seed, number, sample_id))[0]
             write_image(paths["lq"], lq)
             write_image(paths["mask"], mask.float())
-            write_disparity(paths["disparity"], disparity)
             _copy(target, paths["target"])
             _copy(original, paths["hq"])
-            focus = float(disparity[mask].median()) if bool(mask.any()) else float(disparity.median())
-            rule = "mask" if ebb.masks[file_index] else "pair_agreement"
+            focus = None
+            if disparity is not None:
+                write_disparity(paths["disparity"], disparity)
+                focus = float(disparity[mask].median())
             atomic_write_text(focus_path, json.dumps({"focus_disparity": focus, "mask_rule": rule}))
         focus = json.loads(focus_path.read_text())
         extra = {"mask_rule": focus["mask_rule"], "source": str(original)}
@@ -126,7 +143,11 @@ def build_ebb400_lq(
             )
         )
     atomic_write_text(out / "ids.txt", "".join(f"{s.id}\n" for s in samples))
-    meta = {"source": str(ebb_root), "count": len(samples), "seed": seed, "K": K, "degradation": repr(degradation)}
+    meta = {
+        "source": str(ebb_root), "count": len(samples), "seed": seed, "K": K,
+        "disparity": "given" if disparity_dir is not None else "estimate at evaluation",
+        **_degradation_meta(degradation, degradation_info),
+    }  # fmt: skip
     return write_benchmark_index(out, "ebb400_lq", samples, meta)
 
 
@@ -246,9 +267,11 @@ def build_synthetic_benchmark(
     max_coc_px: float = 12.0,
     renderer: BokehRenderer | None = None,
     scene: dict | None = None,
+    degradation_info: dict | None = None,
 ) -> Path:
     """Synthetic benchmark with exact ground truth: each scene's degraded all-in-focus input (one per scene),
-    rendered with the layered renderer at every (focus rule × K) — ``num_scenes·|rules|·|K|`` samples."""
+    rendered with the layered renderer at every (focus rule × K) — ``num_scenes·|rules|·|K|`` samples.
+    ``degradation_info`` (see :func:`describe_degradation`) is recorded in the index's meta."""
     unknown = [rule for rule in focus_rules if rule not in ("subject", "background")]
     if unknown:
         raise ParameterError(f"focus rules must be 'subject' or 'background', got {unknown}")
@@ -286,6 +309,6 @@ def build_synthetic_benchmark(
             )  # fmt: skip
     meta = {
         "seed": seed, "size": size, "num_scenes": num_scenes, "K_values": list(K_values),
-        "focus_rules": list(focus_rules), "max_coc_px": max_coc_px, "degradation": repr(degradation),
+        "focus_rules": list(focus_rules), "max_coc_px": max_coc_px, **_degradation_meta(degradation, degradation_info),
     }  # fmt: skip
     return write_benchmark_index(out, "synthetic", samples, meta)

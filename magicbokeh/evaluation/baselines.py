@@ -1,57 +1,93 @@
-"""Methods the evaluation runner compares, all behind one interface.
+"""Methods the evaluation runner compares, all behind one interface and all run by the inference pipelines.
 
-A *method* maps an input already resized to the target size (``images`` B×3×H×W in [0, 1]) plus the scene's
-``disparity`` (B×1×H×W), ``focus_disparity`` (B) and strength ``K`` (B) to output images B×3×H×W in [0, 1]:
+A method maps a :class:`Case` — one benchmark input already through the pipelines' shared front end
+(:meth:`~magicbokeh.inference.pipeline.BokehPipeline.prepare`: input checks, upsampling by ``scale``, disparity at the
+input and output size), its focus disparity and its strength K — to an output image ``1×3×H×W`` in [0, 1]:
 
-- ``model``            the unified network, one pass with ``defocus = |d − d_f|·K/32``;
+- ``model``            :class:`~magicbokeh.inference.MagicBokehPipeline`: tiles, colour fix, precision, exactly what
+                       ``scripts/render.py`` runs with the same settings;
 - ``bicubic``          the bicubic-upsampled input, nothing else (the floor every method must beat);
-- ``bicubic_renderer`` bicubic input, then the classical renderer;
-- ``two_stage``        the network in SR mode (all-zero defocus), then the classical renderer — the paper's
-                       "ISR → bokeh" two-stage design (Table 1) with our own SR model as the ISR stage;
-- ``model_two_pass``   the network in SR mode, then the same network again in bokeh mode.
+- ``bicubic_renderer`` bicubic input, then the classical renderer (``render.py mode=classical``);
+- ``two_stage``        the pipeline's super-resolution pass (K = 0: all-zero defocus), then the classical renderer —
+                       the paper's "ISR → bokeh" two-stage design (Table 1) with our own SR model as the ISR stage;
+- ``model_two_pass``   the pipeline's SR pass, then the pipeline again on its output with the bokeh condition.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from magicbokeh.errors import ConfigError, ParameterError
+from magicbokeh.inference.classical import ClassicalPipeline
+from magicbokeh.inference.pipeline import BokehPipeline, MagicBokehPipeline, PipelineOutput, Prepared
+from magicbokeh.inference.presets import get_preset
 from magicbokeh.optics.defocus import defocus_map
 
 MODEL_METHODS = ("model", "two_stage", "model_two_pass")
 RENDERER_METHODS = ("bicubic_renderer", "two_stage")
 METHODS = ("model", "bicubic", "bicubic_renderer", "two_stage", "model_two_pass")
 
-# (images, disparity, focus_disparity, K) -> images
-Renderer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (images, disparity, focus_disparity: float, K: float) -> images; a BokehRenderer, or a stand-in in tests.
+Renderer = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
 
-def run_model_padded(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    defocus: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One network pass on images whose size need not be a multiple of ``model.stride``.
+@dataclass(frozen=True)
+class Case:
+    """One method input: the prepared image and maps (:class:`~magicbokeh.inference.pipeline.Prepared`), the focus
+    disparity and the strength K. ``has_disparity`` is False for pure-SR samples without a map (zeros stand in)."""
 
-    Pads on the bottom/right by reflection (keeps image statistics at the border, unlike zeros) and crops back. For
-    benchmark images up to ~512 px a direct call is enough; larger images belong to the tiled inference pipeline.
+    prepared: Prepared
+    focus_disparity: float
+    K: float
+    has_disparity: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How the model methods run the inference pipeline (``configs/eval.yaml: pipeline``); recorded in the run.
+
+    ``tile_size=None`` runs whole images at once. ``preset="release"`` is the official release's inference, a
+    :class:`~magicbokeh.inference.MagicBokehPipeline` option passed through as is.
     """
-    stride = model.stride
-    height, width = images.shape[-2:]
-    pad_h, pad_w = (-height) % stride, (-width) % stride
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        images = F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
-        defocus = F.pad(defocus, (0, pad_w, 0, pad_h), mode=mode)
-    param = next(model.parameters())
-    with torch.no_grad():
-        out = model(images.to(param.device, param.dtype), defocus.to(param.device, param.dtype), generator=generator)
-    return out[..., :height, :width].float().cpu()
+
+    preset: str = "default"
+    tile_size: int | None = 512
+    tile_stride: int | None = 256
+    tile_batch_size: int = 1
+    color_fix: str = "adain"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        get_preset(self.preset)  # an unknown name is a ConfigError naming the choices
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+class BicubicPipeline(BokehPipeline):
+    """The pipelines' front end with bicubic upsampling as its whole rendering: the ``bicubic`` baseline, and what
+    prepares every method's input, so evaluation checks images, disparity and masks exactly as ``render.py`` does."""
+
+    def render(self, prepared: Prepared, focus_disparity: float, K: float) -> PipelineOutput:
+        defocus = defocus_map(prepared.disparity_out, focus_disparity, K)  # validates K and the focus
+        return PipelineOutput(prepared.upsampled, prepared.disparity_out, defocus, float(focus_disparity))
+
+
+class PosteriorSampling(torch.nn.Module):
+    """The network drawing its VAE latent from the posterior with ``generator`` (set per image by the method), so
+    several seeds give several outputs; the pipeline calls it like the network itself."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.stride = int(getattr(model, "stride", 1))
+        self.generator: torch.Generator | None = None
+
+    def forward(self, images: torch.Tensor, defocus: torch.Tensor) -> torch.Tensor:
+        return self.model(images, defocus, generator=self.generator)
 
 
 @dataclass
@@ -59,58 +95,104 @@ class Method:
     """A named prediction function; ``stochastic`` methods are run once per seed, the others once."""
 
     name: str
-    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]
+    fn: Callable[[Case, torch.Generator | None], torch.Tensor]
     stochastic: bool = False
+
+    def run(self, case: Case, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The method's output for one prepared case, ``1×3×H×W`` float32 in [0, 1] on the CPU."""
+        return self.fn(case, generator).float().cpu().clamp(0.0, 1.0)
 
     def __call__(
         self,
         images: torch.Tensor,
         disparity: torch.Tensor,
-        focus_disparity: torch.Tensor,
-        K: torch.Tensor,
+        focus_disparity: float | torch.Tensor,
+        K: float | torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        return self.fn(images, disparity, focus_disparity, K, generator).clamp(0.0, 1.0)
+        """One image given as tensors (``1×3×H×W`` at the output size, ``1×1×H×W`` disparity): prepared at scale 1
+        by :class:`BicubicPipeline`, then :meth:`run` (what the speed benchmark times)."""
+        case = Case(BicubicPipeline().prepare(images, scale=1.0, disparity=disparity), float(focus_disparity), float(K))
+        return self.run(case, generator)
 
 
-def build_method(
-    name: str,
+def build_model_pipeline(
+    model: torch.nn.Module,
+    settings: PipelineSettings = PipelineSettings(),
+    *,
+    device: torch.device | str | None = None,
+    sample_posterior: bool = False,
+) -> tuple[MagicBokehPipeline, PosteriorSampling | None]:
+    """The pipeline the model methods share; with ``sample_posterior`` also the wrapper whose generator they set."""
+    sampler = PosteriorSampling(model) if sample_posterior else None
+    pipeline = MagicBokehPipeline(
+        sampler if sampler is not None else model,
+        preset=settings.preset,
+        tile_size=settings.tile_size,
+        tile_stride=settings.tile_stride,
+        tile_batch_size=settings.tile_batch_size,
+        color_fix=settings.color_fix,
+        precision=settings.precision,
+        device=device,
+        progress=False,
+    )
+    return pipeline, sampler
+
+
+def build_methods(
+    names: list[str] | tuple[str, ...],
     *,
     model: torch.nn.Module | None = None,
     renderer: Renderer | None = None,
+    pipeline: PipelineSettings = PipelineSettings(),
+    device: torch.device | str | None = None,
     sample_posterior: bool = False,
-) -> Method:
-    """Build one of :data:`METHODS`. ``sample_posterior`` makes the network draw its VAE latent from the posterior
-    with the per-image generator (several seeds then differ); otherwise it uses the posterior mean (deterministic).
+) -> list[Method]:
+    """Build :data:`METHODS` by name; the model methods share one :class:`MagicBokehPipeline`.
+
+    ``sample_posterior`` makes the network draw its VAE latent from the posterior with the per-image generator
+    (several seeds then differ); otherwise it uses the posterior mean (deterministic). ``device``: where the network
+    and the renderer run (default: where the model's parameters are, and the CPU for the renderer).
     """
-    if name not in METHODS:
-        raise ParameterError(f"unknown evaluation method '{name}'; choose from {', '.join(METHODS)}")
-    if name in MODEL_METHODS and model is None:
-        raise ConfigError(f"method '{name}' needs a model checkpoint: pass ckpt=/path/to/checkpoint")
-    if name in RENDERER_METHODS and renderer is None:
-        raise ConfigError(f"method '{name}' needs the classical renderer")
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ParameterError(f"unknown evaluation method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if model is None and any(name in MODEL_METHODS for name in names):
+        needing = [name for name in names if name in MODEL_METHODS]
+        raise ConfigError(f"method(s) {needing} need a model checkpoint: pass ckpt=/path/to/checkpoint")
+    if renderer is None and any(name in RENDERER_METHODS for name in names):
+        raise ConfigError(f"method(s) {[n for n in names if n in RENDERER_METHODS]} need the classical renderer")
 
-    def net(images, defocus, generator):
-        return run_model_padded(model, images, defocus, generator if sample_posterior else None)
+    bicubic = BicubicPipeline()
+    classical = ClassicalPipeline(renderer, device=device or "cpu") if renderer is not None else None
+    network, sampler = (None, None)
+    if model is not None and any(name in MODEL_METHODS for name in names):
+        network, sampler = build_model_pipeline(model, pipeline, device=device, sample_posterior=sample_posterior)
 
-    def zeros(disparity):
-        return torch.zeros_like(disparity)
+    def network_pass(prepared: Prepared, focus: float, K: float, generator: torch.Generator | None) -> torch.Tensor:
+        if sampler is not None:
+            sampler.generator = generator
+        return network.render(prepared, focus, K).image
 
-    def model_fn(images, disparity, focus, K, generator):
-        return net(images, defocus_map(disparity, focus, K), generator)
+    def super_resolved(case: Case, generator: torch.Generator | None) -> Prepared:
+        """The pipeline's SR pass (K = 0), prepared again as the input of a second stage with the same disparity."""
+        sr = network_pass(case.prepared, case.focus_disparity, 0.0, generator)
+        return bicubic.prepare(sr, scale=1.0, disparity=case.prepared.disparity_out)
 
-    def bicubic_fn(images, disparity, focus, K, generator):
-        return images
+    def model_fn(case: Case, generator):
+        return network_pass(case.prepared, case.focus_disparity, case.K, generator)
 
-    def bicubic_renderer_fn(images, disparity, focus, K, generator):
-        return renderer(images, disparity, focus, K)
+    def bicubic_fn(case: Case, generator):
+        return bicubic.render(case.prepared, case.focus_disparity, case.K).image
 
-    def two_stage_fn(images, disparity, focus, K, generator):
-        return renderer(net(images, zeros(disparity), generator), disparity, focus, K)
+    def bicubic_renderer_fn(case: Case, generator):
+        return classical.render(case.prepared, case.focus_disparity, case.K).image
 
-    def two_pass_fn(images, disparity, focus, K, generator):
-        sr = net(images, zeros(disparity), generator)
-        return net(sr, defocus_map(disparity, focus, K), generator)
+    def two_stage_fn(case: Case, generator):
+        return classical.render(super_resolved(case, generator), case.focus_disparity, case.K).image
+
+    def two_pass_fn(case: Case, generator):
+        return network_pass(super_resolved(case, generator), case.focus_disparity, case.K, generator)
 
     functions = {
         "model": model_fn,
@@ -119,4 +201,19 @@ def build_method(
         "two_stage": two_stage_fn,
         "model_two_pass": two_pass_fn,
     }
-    return Method(name, functions[name], stochastic=sample_posterior and name in MODEL_METHODS)
+    return [Method(name, functions[name], stochastic=sample_posterior and name in MODEL_METHODS) for name in names]
+
+
+def build_method(
+    name: str,
+    *,
+    model: torch.nn.Module | None = None,
+    renderer: Renderer | None = None,
+    pipeline: PipelineSettings = PipelineSettings(),
+    device: torch.device | str | None = None,
+    sample_posterior: bool = False,
+) -> Method:
+    """One of :data:`METHODS` (see :func:`build_methods`)."""
+    return build_methods(
+        [name], model=model, renderer=renderer, pipeline=pipeline, device=device, sample_posterior=sample_posterior
+    )[0]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from magicbokeh.errors import InvalidInputError, MissingWeightsError, ParameterError, missing_weights
 from magicbokeh.utils.logging import get_logger
@@ -228,36 +227,69 @@ def psnr(images: torch.Tensor, references: torch.Tensor, *, y_channel: bool = Fa
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """The normalised 1-D Gaussian ``g`` (float64) whose outer product ``g gᵀ`` is SSIM's 11×11 window."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    taps = torch.exp(-(coords**2) / (2 * sigma**2))
+    return taps / taps.sum()
+
+
+def _gaussian_mean_valid(maps: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Gaussian-weighted local means of ``…×H×W`` maps over the valid region (no padding): ``…×(H−10)×(W−10)``.
+
+    The window is separable, so filtering the rows and then the columns with the 1-D taps ``g`` equals the 2-D
+    window ``g gᵀ`` (11 + 11 products per pixel instead of 121). Each pass is 11 shifted, weighted in-place sums
+    rather than a grouped ``conv2d``: torch has no fast depthwise float64 convolution, and the maps of one channel
+    stay in cache across the 22 sums (measured ~4× faster than two 1-D convolutions on the CPU).
+    """
+    height, width = maps.shape[-2:]
+    out_h, out_w = height - SSIM_WINDOW + 1, width - SSIM_WINDOW + 1
+    rows = maps[..., :out_w] * taps[0]
+    for k in range(1, SSIM_WINDOW):
+        rows.add_(maps[..., k : k + out_w], alpha=taps[k])
+    out = rows[..., :out_h, :] * taps[0]
+    for k in range(1, SSIM_WINDOW):
+        out.add_(rows[..., k : k + out_h, :], alpha=taps[k])
+    return out
+
+
+def _ssim_channel(x: torch.Tensor, y: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Mean SSIM of one pair of ``H×W`` float64 maps (eq. 13 of Wang et al. 2004 at every valid pixel)."""
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y, xx, yy, xy = _gaussian_mean_valid(torch.stack((x, y, x * x, y * y, x * y)), taps)
+    mu_xy = mu_x * mu_y
+    mu_x.square_()
+    mu_y.square_()
+    # σx² + σy² = E[x²] − μx² + E[y²] − μy², and σxy = E[xy] − μxμy, in float64: these differences of close numbers
+    # are where lower precision would lose the digits SSIM's stabilisers C1, C2 (1e-4, 9e-4) compare against.
+    variances = xx.sub_(mu_x).add_(yy).sub_(mu_y)
+    covariance = xy.sub_(mu_xy)
+    numerator = mu_xy.mul_(2).add_(c1).mul_(covariance.mul_(2).add_(c2))
+    denominator = mu_x.add_(mu_y).add_(c1).mul_(variances.add_(c2))
+    return numerator.div_(denominator).mean()
 
 
 def ssim(images: torch.Tensor, references: torch.Tensor, *, y_channel: bool = False, crop_border: int = 0):
     """SSIM of Wang et al. 2004, eq. (13), per channel then averaged; the MATLAB/BasicSR protocol.
 
     Local statistics under an 11×11 Gaussian window (σ = 1.5) over the *valid* region only, population (not sample)
-    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1.
+    covariances, C1 = (0.01·L)², C2 = (0.03·L)² with L = 1. Computed in float64, one channel at a time with the
+    separable window, on the inputs' device (the evaluation moves them to the metric device); equal to the direct
+    11×11 convolution to rounding.
     """
     _check_pair(images, references)
     x, y = _prepare(images, y_channel, crop_border), _prepare(references, y_channel, crop_border)
-    channels = x.shape[1]
-    if min(x.shape[-2:]) < 11:
+    if min(x.shape[-2:]) < SSIM_WINDOW:
         raise InvalidInputError(f"SSIM needs images of at least 11×11 pixels, got {tuple(x.shape[-2:])}")
-    window = _gaussian_window().to(x.device).expand(channels, 1, 11, 11)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov_xy = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3))
+    taps = gaussian_taps().tolist()
+    # Every channel has the same number of valid pixels, so the image's mean is the mean of the channels' means.
+    return torch.stack(
+        [torch.stack([_ssim_channel(xc, yc, taps) for xc, yc in zip(xb, yb)]).mean() for xb, yb in zip(x, y)]
+    )
 
 
 # --- local-only weights for pyiqa ------------------------------------------------------------------------------
@@ -400,17 +432,15 @@ def get_metric(
     info = metric_info(name)
     if crop_border < 0:
         raise ParameterError(f"crop_border must be >= 0, got {crop_border}")
-    if info.name in ("psnr", "psnr_y"):
+    device = torch.device(device)
+    if info.name in ("psnr", "psnr_y", "ssim", "ssim_y"):
+        formula = psnr if info.name.startswith("psnr") else ssim
         y = info.options["y_channel"]
-        return Metric(info, lambda x, ref: psnr(x, ref, y_channel=y, crop_border=crop_border))
-    if info.name in ("ssim", "ssim_y"):
-        y = info.options["y_channel"]
-        return Metric(info, lambda x, ref: ssim(x, ref, y_channel=y, crop_border=crop_border))
+        return Metric(info, lambda x, ref: formula(x.to(device), ref.to(device), y_channel=y, crop_border=crop_border))
 
     weights_dir = Path(weights_dir) if weights_dir is not None else default_metric_weights_dir()
     torchvision_dir = Path(torchvision_dir) if torchvision_dir is not None else default_torchvision_weights_dir()
     check_weights(info, weights_dir, torchvision_dir)
-    device = torch.device(device)
     with _local_weights(weights_dir, torchvision_dir):
         if info.name == "niqe":
             module = _niqe_module(weights_dir, device, crop_border).eval()

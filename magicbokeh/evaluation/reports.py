@@ -89,9 +89,14 @@ def plot_bars(summary: dict, column: str, path: Path) -> Path | None:
 
 
 def image_grid(
-    sample: BenchmarkSample, run_dir: Path, pairs: Sequence[tuple[str, int]], input_key: str, path: Path
+    sample: BenchmarkSample,
+    run_dir: Path,
+    pairs: Sequence[tuple[str, int]],
+    input_key: str,
+    path: Path,
+    focus_disparity: float | None = None,
 ) -> Path:
-    """input | methods (first seed of each) | target for one sample, labelled."""
+    """input | methods (first seed of each) | target for one sample, labelled with its K and the focus used."""
     target_path = sample.target or sample.hq
     reference = read_image(target_path) if target_path is not None else None
     source = read_image(sample.lq if input_key == "lq" else sample.hq)
@@ -110,7 +115,9 @@ def image_grid(
         axis.imshow(tensor_to_uint8_array(image))
         axis.set_title(title, fontsize=8)
         axis.axis("off")
-    figure.suptitle(f"{sample.id}  (K={sample.K:g}, focus={sample.focus_disparity:.2f})", fontsize=9)
+    focus = focus_disparity if focus_disparity is not None else sample.focus_disparity
+    focus_text = f", focus={focus:.2f}" if focus is not None else ""
+    figure.suptitle(f"{sample.id}  (K={sample.K:g}{focus_text})", fontsize=9)
     return _save(figure, path)
 
 
@@ -138,8 +145,11 @@ def write_report(
         plot = plot_bars(summary, column, run_dir / "plots" / f"{_safe(column)}_bars.png")
         if plot is not None:
             bars.append(plot)
+    focus_used = {row["id"]: float(row["focus_disparity"]) for row in rows if row.get("focus_disparity")}
     grids = [
-        image_grid(sample, run_dir, pairs, input_key, run_dir / "grids" / f"{_safe(sample.id)}.png")
+        image_grid(
+            sample, run_dir, pairs, input_key, run_dir / "grids" / f"{_safe(sample.id)}.png", focus_used.get(sample.id)
+        )
         for sample in _spread(samples, num_grid_samples)
     ]
     lines = [

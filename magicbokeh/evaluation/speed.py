@@ -2,7 +2,9 @@
 
 For each architecture (``tiny`` from ``configs/model/tiny.yaml``; ``sd21``: the SD2.1-base-sized network of
 ``configs/model/sd21.yaml`` with random weights, nothing loaded) and each method of
-:mod:`magicbokeh.evaluation.baselines`, on one tile of ``--size``² pixels, batch 1:
+:mod:`magicbokeh.evaluation.baselines`, on one tile of ``--size``² pixels, batch 1, run as the evaluation runs it
+(the inference pipeline on the whole image: one network pass, AdaIN colour fix, precision ``auto`` = fp16 on CUDA
+as in the release, fp32 on the CPU):
 
 - latency (median of ``--repeats`` timed calls after ``--warmup`` untimed ones) and images/s;
 - peak memory: on CUDA the allocator's peak during the calls; on the CPU the process's peak resident set size
@@ -31,7 +33,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from magicbokeh.errors import ParameterError
-from magicbokeh.evaluation.baselines import build_method
+from magicbokeh.evaluation.baselines import PipelineSettings, build_method
 from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import CONFIG_DIR
 from magicbokeh.utils.files import atomic_write_text
@@ -40,6 +42,7 @@ from magicbokeh.utils.logging import get_logger
 logger = get_logger(__name__)
 
 ARCHS = ("tiny", "sd21")
+WHOLE_IMAGE = PipelineSettings(tile_size=None, tile_stride=None)
 SPEED_METHODS = ("model", "two_stage", "model_two_pass", "bicubic_renderer")
 LABELS = {
     "model": "unified (1 pass)",
@@ -123,7 +126,8 @@ def run(
         parameters = sum(p.numel() for p in model.parameters())
         logger.info("%s: built in %.1f s, %.1f M parameters", arch, time.perf_counter() - start, parameters / 1e6)
         for name in methods:
-            method = build_method(name, model=model, renderer=renderer)
+            # One tile of --size: the whole image in one network pass (tiles only matter above the tile size).
+            method = build_method(name, model=model, renderer=renderer, pipeline=WHOLE_IMAGE, device=device)
             stats = measure(lambda m=method: m(images, disparity, focus, K), device, repeats, warmup)
             stats.update(arch=arch, method=name, parameters=parameters if name != "bicubic_renderer" else 0)
             logger.info("%s / %s: %.3f s, %.3g GFLOPs", arch, name, stats["latency_s"], stats["flops"] / 1e9)

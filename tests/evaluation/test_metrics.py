@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -176,3 +177,54 @@ def test_learned_metric_loads_from_the_local_folder_only(tmp_path, no_network):
     musiq = get_metric("musiq", weights_dir=tmp_path)
     scores = musiq(torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1)))
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def _ssim_with_2d_window(images: torch.Tensor, references: torch.Tensor, y_channel: bool) -> torch.Tensor:
+    """The direct formulation the separable SSIM replaced: the 11×11 outer-product window as one float64 conv2d."""
+    x, y = images.double(), references.double()
+    if y_channel:
+        x, y = metrics.rgb_to_y(x), metrics.rgb_to_y(y)
+    taps = metrics.gaussian_taps()
+    channels = x.shape[1]
+    window = torch.outer(taps, taps).expand(channels, 1, 11, 11)
+
+    def local_mean(t):
+        return torch.nn.functional.conv2d(t, window, groups=channels)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x, var_y = local_mean(x * x) - mu_x**2, local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("y_channel", [False, True])
+def test_separable_ssim_equals_the_2d_window_formulation(y_channel):
+    """Same values to rounding on textured, flat (where E[x²] − μ² cancels) and odd-sized images, batched."""
+    pred, ref = _pair(5, size=53)
+    flat = torch.full_like(ref, 0.73)
+    flat_noisy = (flat + 0.004 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(9))).clamp(0, 1)
+    images = torch.cat([pred, flat_noisy, ref])[..., :47]
+    references = torch.cat([ref, flat, ref])[..., :47]
+    expected = _ssim_with_2d_window(images, references, y_channel)
+    got = metrics.ssim(images, references, y_channel=y_channel)
+    assert got.dtype == torch.float64 and got.shape == (3,)
+    assert (got - expected).abs().max().item() < 1e-12
+    assert got[2].item() == pytest.approx(1.0, abs=1e-12) and got[0] < 0.99
+
+
+def test_metric_benchmark_times_the_formulation_it_replaced(tmp_path, monkeypatch, capsys):
+    from magicbokeh.evaluation import metric_benchmark
+    from magicbokeh.utils.results import RESULTS_DIR_ENV
+
+    pred, ref = _pair(6, size=24)
+    for y_channel in (False, True):
+        baseline = metric_benchmark.ssim_direct_window(pred, ref, y_channel=y_channel)
+        assert torch.equal(baseline, _ssim_with_2d_window(pred, ref, y_channel))
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path))
+    assert metric_benchmark.main(["--size", "24", "--repeats", "1", "--name", "speed_test"]) == 0
+    document = json.loads((tmp_path / "speed_test.json").read_text())
+    assert document["figures"]["ssim_y"]["max_abs_difference"] < 1e-12
+    assert [row[0] for row in document["tables"]["ssim"]["rows"]] == ["ssim (RGB)", "ssim_y"]
+    assert "speed-up" in capsys.readouterr().out

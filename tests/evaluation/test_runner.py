@@ -8,83 +8,37 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from magicbokeh.data.benchmark_index import BenchmarkSample, write_benchmark_index
-from magicbokeh.data.io import write_disparity, write_image
-from magicbokeh.errors import ConfigError
+from magicbokeh.errors import ConfigError, DatasetError
 from magicbokeh.evaluation import runner
-from magicbokeh.evaluation.baselines import build_method
+from magicbokeh.evaluation.baselines import Method, build_method
+from magicbokeh.evaluation.evaluate import run_evaluation
+from magicbokeh.evaluation.inputs import Protocol, SampleInputs
+from magicbokeh.evaluation.manifest import benchmark_record, build_manifest
 from magicbokeh.evaluation.measures import controllability, in_focus_psnr, laplacian_variance, masked_psnr
 from magicbokeh.evaluation.reports import write_report
-
-SIZE = 32
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return images
-    radius = max(1, int(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-    return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+from tests.evaluation.conftest import SIZE, toy_renderer
 
 
-def toy_renderer(images, disparity, focus, K):
-    """Stand-in for the classical renderer: background (left half) blurred with σ ∝ K, subject (right half) sharp."""
-    blurred = _gaussian_blur(images, float(K[0]) / 8.0)
-    far = (disparity - focus.view(-1, 1, 1, 1)).abs() > 0.1
-    return torch.where(far, blurred, images)
-
-
-def _scene(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    hq = F.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=SIZE, mode="bicubic").clamp(0, 1)
-    hq = (hq + 0.15 * torch.rand(hq.shape, generator=g)).clamp(0, 1)  # texture so blur is measurable
-    disparity = torch.full((1, 1, SIZE, SIZE), 0.8)
-    disparity[..., : SIZE // 2] = 0.2  # left half far (background), right half near (subject)
-    return hq, disparity
-
-
-@pytest.fixture
-def benchmark(tmp_path):
-    """Two scenes × K ∈ {0, 8, 16, 32}; targets rendered by the toy renderer, LQ = 2× down-up of the HQ image."""
-    root = tmp_path / "bench"
-    samples = []
-    for scene in range(2):
-        hq, disparity = _scene(scene)
-        write_image(root / "hq" / f"s{scene}.png", hq[0])
-        write_disparity(root / "disparity" / f"s{scene}.npy", disparity[0])
-        lq = F.interpolate(F.interpolate(hq, scale_factor=0.5, mode="area"), size=SIZE, mode="bicubic").clamp(0, 1)
-        for K in (0.0, 8.0, 16.0, 32.0):
-            sid = f"s{scene}_K{K:g}"
-            target = toy_renderer(hq, disparity, torch.tensor([0.8]), torch.tensor([K]))
-            write_image(root / "target" / f"{sid}.png", target[0])
-            write_image(root / "lq" / f"{sid}.png", lq[0])
-            samples.append(
-                BenchmarkSample(id=sid, task="bokeh", lq=root / "lq" / f"{sid}.png",
-                                target=root / "target" / f"{sid}.png", hq=root / "hq" / f"s{scene}.png",
-                                disparity=root / "disparity" / f"s{scene}.npy", focus_disparity=0.8, K=K)
-            )  # fmt: skip
-    write_benchmark_index(root, "toy", samples, {"test": True})
-    return root
+def _manifest(root, **parts):
+    return build_manifest(benchmark=benchmark_record(root, "toy"), protocol=Protocol().record(), **parts)
 
 
 @pytest.mark.slow
 def test_predict_score_report_end_to_end(benchmark, tmp_path):
     run_dir = tmp_path / "run"
     _, samples = runner.load_samples(benchmark)
+    inputs = SampleInputs(Protocol(), run_dir)
     methods = [build_method("bicubic"), build_method("bicubic_renderer", renderer=toy_renderer)]
-    assert runner.predict(methods, samples, run_dir) == 2 * len(samples)
-    assert runner.predict(methods, samples, run_dir) == 0  # resumable: nothing left to do
+    assert runner.predict(methods, samples, run_dir, inputs) == 2 * len(samples)
+    assert runner.predict(methods, samples, run_dir, inputs) == 0  # resumable: nothing left to do
 
-    summary = runner.score(run_dir, samples, ["psnr", "ssim_y"], benchmark_name="toy")
+    summary = runner.score(run_dir, samples, ["psnr", "ssim_y"], inputs, benchmark_name="toy", batch_size=3)
     with (run_dir / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * len(samples)
+    assert [(r["method"], r["id"]) for r in rows] == [(m, s.id) for m in ("bicubic", "bicubic_renderer")
+                                                      for s in samples]  # fmt: skip
     assert {"psnr", "ssim_y", "psnr_in_focus", "oof_laplacian_var"} <= set(rows[0])
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk == summary
@@ -105,30 +59,44 @@ def test_predict_score_report_end_to_end(benchmark, tmp_path):
     assert "plots/psnr_vs_K.png" in text and "| bicubic |" in text
 
 
+def test_batched_scores_equal_one_image_at_a_time(benchmark, tmp_path):
+    _, samples = runner.load_samples(benchmark, max_samples=5)
+    results = {}
+    for batch_size in (1, 4):
+        run_dir = tmp_path / f"run{batch_size}"
+        inputs = SampleInputs(Protocol(), run_dir)
+        runner.predict([build_method("bicubic")], samples, run_dir, inputs)
+        runner.score(run_dir, samples, ["psnr", "ssim"], inputs, batch_size=batch_size)
+        results[batch_size] = runner.read_rows(run_dir / "per_image.csv")
+    assert results[1] == results[4]
+
+
 def test_score_stage_reruns_alone_and_keeps_finished_rows(benchmark, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     _, samples = runner.load_samples(benchmark, max_samples=3)
-    runner.predict([build_method("bicubic")], samples, run_dir)
-    runner.score(run_dir, samples, ["psnr"])
+    inputs = SampleInputs(Protocol(), run_dir)
+    runner.predict([build_method("bicubic")], samples, run_dir, inputs)
+    runner.score(run_dir, samples, ["psnr"], inputs)
     calls = []
-    original = runner._score_one
-    monkeypatch.setattr(runner, "_score_one", lambda *a: calls.append(a[0].id) or original(*a))
-    runner.score(run_dir, samples, ["psnr"])
+    original = runner._metric_scores
+    monkeypatch.setattr(runner, "_metric_scores", lambda m, p, t, ids: calls.extend(ids) or original(m, p, t, ids))
+    runner.score(run_dir, samples, ["psnr"], inputs)
     assert calls == []  # every row cached
-    runner.score(run_dir, samples, ["psnr", "ssim"])  # a new metric: rows are recomputed
+    runner.score(run_dir, samples, ["psnr", "ssim"], inputs)  # a new metric: rows are recomputed
     assert len(calls) == 3
 
 
 def test_several_seeds_give_mean_and_seed_std(benchmark, tmp_path):
     run_dir = tmp_path / "run"
     _, samples = runner.load_samples(benchmark, max_samples=2)
+    inputs = SampleInputs(Protocol(), run_dir)
 
-    def noisy(images, disparity, focus, K, generator):
+    def noisy(case, generator):
+        images = case.prepared.upsampled
         return images + 0.02 * torch.randn(images.shape, generator=generator)
 
-    method = runner.Method("noisy", noisy, stochastic=True)
-    runner.predict([method], samples, run_dir, seeds=[0, 1, 2])
-    summary = runner.score(run_dir, samples, ["psnr"])
+    runner.predict([Method("noisy", noisy, stochastic=True)], samples, run_dir, inputs, seeds=[0, 1, 2])
+    summary = runner.score(run_dir, samples, ["psnr"], inputs)
     stats = summary["methods"]["noisy"]["psnr"]
     assert stats["seeds"] == 3 and stats["count"] == 6 and stats["seed_std"] > 0
     assert "±" in (run_dir / "table.md").read_text()
@@ -167,14 +135,45 @@ def test_measures_against_hand_computation():
 
 
 def test_run_evaluation_checks_stages_and_clean_input_uses_hq(benchmark, tmp_path):
-    from magicbokeh.evaluation.evaluate import run_evaluation
-
-    with pytest.raises(ConfigError, match="unknown stage"):
-        run_evaluation(benchmark, tmp_path / "run", [], ["psnr"], stages=["predict", "plot"])
-    with pytest.raises(ConfigError, match="needs the score stage"):
-        run_evaluation(benchmark, tmp_path / "run", [build_method("bicubic")], ["psnr"], stages=["predict", "report"])
+    inputs = SampleInputs(Protocol(), tmp_path / "run")
+    manifest = _manifest(benchmark)
+    with pytest.raises(ConfigError, match="unknown or no stage"):
+        run_evaluation(benchmark, tmp_path / "run", [], ["psnr"], inputs, manifest=manifest, stages=["plot"])
+    with pytest.raises(ConfigError, match="selects no sample"):  # not "run the predict stage first"
+        run_evaluation(benchmark, tmp_path / "run", [build_method("bicubic")], ["psnr"], inputs, manifest=manifest,
+                       max_samples=0)  # fmt: skip
     _, samples = runner.load_samples(benchmark, max_samples=1)
-    clean = runner.load_sample(samples[0], "hq")
-    degraded = runner.load_sample(samples[0], "lq")
-    assert clean.images.shape == degraded.images.shape == (1, 3, SIZE, SIZE)
-    assert not torch.equal(clean.images, degraded.images)
+    clean = SampleInputs(Protocol(input="hq"), tmp_path / "run").case(samples[0])
+    degraded = inputs.case(samples[0])
+    assert clean.prepared.images.shape == degraded.prepared.images.shape == (1, 3, SIZE, SIZE)
+    assert not torch.equal(clean.prepared.images, degraded.prepared.images)
+
+
+def test_score_and_report_stages_run_alone_from_disk(benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    inputs = SampleInputs(Protocol(), run_dir)
+    manifest = _manifest(benchmark)
+    common = {"manifest": manifest, "max_samples": 2, "num_grid_samples": 1}
+    with pytest.raises(DatasetError, match="run the score stage first"):
+        run_evaluation(benchmark, run_dir, [], ["psnr"], inputs, stages=["report"], **common)
+    run_evaluation(benchmark, run_dir, [build_method("bicubic")], ["psnr"], inputs, stages=["predict"], **common)
+    assert not (run_dir / "per_image.csv").exists()
+    summary = run_evaluation(benchmark, run_dir, [], ["psnr", "ssim"], inputs, stages=["score"], **common)
+    assert set(summary["methods"]["bicubic"]) >= {"psnr", "ssim"}
+    assert run_evaluation(benchmark, run_dir, [], ["psnr"], inputs, stages=["report"], **common) == summary
+    assert (run_dir / "report.md").is_file() and "| bicubic |" in (run_dir / "report.md").read_text()
+
+
+def test_table_places_the_papers_row_beside_ours():
+    summary = {
+        "benchmark": "ebb400_lq",
+        "methods": {"model": {"psnr_y": {"mean": 24.5, "std": 1.0, "count": 4, "seeds": 1}}},
+        "reference": {"source": "Paper, Table 1", "row": "MagicBokeh", "method": "model",
+                      "metrics": {"psnr_y": 24.23, "lpips": 0.2786}},
+    }  # fmt: skip
+    table = runner.markdown_table(summary)
+    assert "Against the paper (Paper, Table 1):" in table
+    assert "| psnr_y ↑ | 24.5 | 24.23 | +0.27 |" in table
+    assert "lpips" not in table.split("Against")[1]  # not scored: no row
+    summary["methods"]["model"] = {}
+    assert "no metric of the published row was scored" in runner.markdown_table(summary)
