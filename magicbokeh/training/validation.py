@@ -25,8 +25,8 @@ from magicbokeh.data.transforms import resize_images
 from magicbokeh.errors import ConfigError
 from magicbokeh.evaluation.metrics import psnr
 from magicbokeh.inference.color_fix import COLOR_FIX_METHODS, color_fix
-from magicbokeh.models.interface import images_to_pixel_values
 from magicbokeh.training.data_streams import collate_samples
+from magicbokeh.training.losses import lpips_float32
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
@@ -83,7 +83,7 @@ class Validator:
                 scores.setdefault(f"psnr{suffix}", []).append(psnr(images, target).cpu())
                 if self.lpips_model is not None:
                     self.lpips_model.to(device)
-                    distance = self.lpips_model(images_to_pixel_values(images), images_to_pixel_values(target))
+                    distance = lpips_float32(self.lpips_model, images, target)
                     scores.setdefault(f"lpips{suffix}", []).append(distance.flatten().cpu())
             if sum(len(r) for r in rows) < self.grid_rows:
                 rows.append(torch.cat([upsampled, *variants.values(), target], dim=-1)[: self.grid_rows].cpu())
