@@ -44,6 +44,10 @@ class ConfigError(MagicBokehError):
     """A configuration value is inconsistent or missing."""
 
 
+class TrainingDivergedError(MagicBokehError):
+    """Training stopped: too many consecutive updates had a non-finite loss or gradient (lower the learning rate)."""
+
+
 def missing_weights(path: str, config_key: str, source: str) -> MissingWeightsError:
     """Build the single, standard message for a missing pretrained file."""
     return MissingWeightsError(
