@@ -3,7 +3,7 @@
 python scripts/train_depth.py experiment=depth_smoke                       # CPU, tiny network, minutes
 python scripts/train_depth.py experiment=depth_paper data.train.root=/data/sa1b_200k \
     paths.depth_anything=/weights/depth_anything_v2_vitl.pth
-accelerate launch scripts/train_depth.py experiment=depth_paper run_id=da ...   # many GPUs, same code
+accelerate launch scripts/train_depth.py experiment=depth_paper ...   # many GPUs, one run directory
 python scripts/train_depth.py experiment=depth_smoke run_id=<id> resume=latest   # continue a run
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+import magicbokeh.utils.config  # noqa: F401  (registers ${magicbokeh.launch_id:}, the default run_id)
 from magicbokeh.utils.cli import exit_on_user_error, set_offline_defaults
 
 set_offline_defaults()
