@@ -4,7 +4,6 @@ atomic folders, keep-last-K, trainable-only weights, plain-data named states).""
 from __future__ import annotations
 
 import json
-import pickle
 
 import pytest
 import torch
@@ -158,7 +157,37 @@ def test_load_refuses_non_checkpoints_mismatches_and_pickled_objects(tmp_path):
         checkpoints.load(path)
     (path / "contents.json").write_text(json.dumps(contents))
     # accelerate reads named states with weights_only=False: an object that is not plain data is refused first.
-    with open(path / "custom_checkpoint_1.pkl", "wb") as file:
-        pickle.dump({"value": _Counter()}, file)
+    torch.save({"value": _Counter()}, path / "custom_checkpoint_1.pkl")  # an object, not plain data
     with pytest.raises(ConfigError, match="more than plain data"):
         checkpoints.load(path)
+
+
+@pytest.mark.slow
+def test_trackers_are_finished_when_training_raises(tmp_path, monkeypatch):
+    """An exception mid-run still closes metrics.jsonl and finishes the (offline) wandb run."""
+    import wandb
+
+    from magicbokeh.training.train import train
+    from magicbokeh.training.trainer import Trainer
+    from magicbokeh.utils.config import compose_config
+    from tests.training.test_train_smoke import _toy_overrides
+
+    finished = []
+    original_finish = JsonlTracker.finish
+    monkeypatch.setattr(JsonlTracker, "finish", lambda self: finished.append(self.path) or original_finish(self))
+
+    def crash(self):
+        self.accelerator.log({"loss": 1.0}, step=1)
+        raise RuntimeError("crash mid-run")
+
+    monkeypatch.setattr(Trainer, "fit", crash)
+    overrides = [o for o in _toy_overrides(tmp_path, "crash") if not o.startswith("logger")]
+    overrides += ["data.val_sr.length=2", "logger=wandb", "logger.mode=offline"]
+    cfg = compose_config("train", ["experiment=smoke", *overrides])
+    with pytest.raises(RuntimeError, match="crash mid-run"):
+        train(cfg)
+    run_dir = tmp_path / "smoke" / "crash"
+    assert finished == [run_dir / "metrics.jsonl"] and read_metrics(run_dir)[-1] == {"step": 1, "loss": 1.0}
+    assert wandb.run is None  # finished, not left running
+    uid = (run_dir / "run_uid").read_text().strip()
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{uid}"))) == 1
