@@ -50,3 +50,18 @@ def test_readable_sweep_folders_and_one_default_run_dir_per_launch(monkeypatch):
     # ... and is the start time in a single process (a static rendezvous has no shared id: pass run_id=NAME).
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     assert compose_config("train").run_id[:2] == "20"
+
+
+def test_two_tasks_with_one_run_id_get_their_own_directory_and_tracker_id(tmp_path):
+    """Single runs: outputs/<task>/<run_id>, and a fresh UUID per run directory as the wandb id (the folder name,
+    the same for both, was the id before)."""
+    from magicbokeh.training.tracking import run_uid, tracker_settings
+
+    ids = []
+    for experiment in ("sr_only", "bokeh_only"):
+        cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_dir={tmp_path}", "run_id=same"])
+        run_dir = tmp_path / experiment / "same"
+        assert cfg.hydra.run.dir == str(run_dir)
+        _, kwargs = tracker_settings({"name": "wandb"}, run_dir, run_uid(run_dir, resuming=False), None)
+        ids.append(kwargs["wandb"]["id"])
+    assert len(set(ids)) == 2
