@@ -44,6 +44,10 @@ class ConfigError(MagicBokehError):
     """A configuration value is inconsistent or missing."""
 
 
+class TrainingDivergedError(MagicBokehError):
+    """Training stopped: too many consecutive updates had a non-finite loss or gradient (lower the learning rate)."""
+
+
 def plain_values(value: object, limit: int = 8) -> str:
     """A number, tensor or array written for a message: ``100``, ``0.25``, ``[16, 100]`` (never ``tensor([100.])``).
 

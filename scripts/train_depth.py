@@ -3,7 +3,7 @@
 python scripts/train_depth.py experiment=depth_smoke                       # CPU, tiny network, minutes
 python scripts/train_depth.py experiment=depth_paper data.train.root=/data/sa1b_200k \
     paths.depth_anything=/weights/depth_anything_v2_vitl.pth
-accelerate launch scripts/train_depth.py experiment=depth_paper run_id=da ...   # many GPUs, same code
+accelerate launch scripts/train_depth.py experiment=depth_paper ...   # many GPUs, one run directory
 python scripts/train_depth.py experiment=depth_smoke run_id=<id> resume=latest   # continue a run
 """
 

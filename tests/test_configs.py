@@ -1,5 +1,6 @@
 """Every config file composes with Hydra's compose API: each root with its defaults, each group option inside a
-root that uses the group, each experiment inside its root (no network, no weights, nothing instantiated)."""
+root that uses the group, each experiment inside its root, each sweep launcher (no network, no weights); and
+options that a code path would ignore are rejected instead."""
 
 from __future__ import annotations
 
@@ -70,10 +71,70 @@ def test_fixed_run_id_gives_one_run_dir_for_all_ranks():
     assert len(dirs) == 1 and next(iter(dirs)).endswith("train/shared")
 
 
+LAUNCHERS = sorted(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
+
+
 def test_every_yaml_file_is_reachable():
-    """No orphan config file: every YAML is a root, a group option, or Hydra's own."""
+    """No orphan config file: every YAML is a root, a group option, Hydra's own, or a sweep launcher."""
     for path in CONFIG_DIR.rglob("*.yaml"):
         relative = path.relative_to(CONFIG_DIR)
+        if relative.parts[:2] == ("hydra", "launcher"):
+            assert len(relative.parts) == 3 and path.stem in LAUNCHERS  # test_sweep_launchers_compose
+            continue
         assert len(relative.parts) in (1, 2), f"nested config folders are not composed by the tests: {relative}"
         if len(relative.parts) == 1:
             assert path.stem in ROOT_CONFIGS, f"unknown root config {relative}"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_sweep_launchers_compose(launcher):
+    """hydra/launcher=slurm | local select Hydra's submitit launcher with our settings (overridable as config)."""
+    overrides = [f"hydra/launcher={launcher}", "hydra.launcher.timeout_min=30"]
+    if launcher == "slurm":
+        overrides += ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"]
+    node = OmegaConf.to_container(compose_config("train", overrides).hydra.launcher, resolve=True)
+    assert node["_target_"].endswith({"slurm": "SlurmLauncher", "local": "LocalLauncher"}[launcher])
+    assert node["timeout_min"] == 30 and node["submitit_folder"].endswith(".submitit/%j")
+    if launcher == "slurm":  # one task (rank) per GPU
+        assert node["partition"] == "gpu" and node["gpus_per_node"] == node["tasks_per_node"] == 2
+
+
+# ------------------------------------------------------------------------------ options that would be ignored
+def _bokeh_train(*overrides: str):
+    from hydra.utils import instantiate
+
+    return instantiate(compose_config("train", ["data.crop_size=32", *overrides]).data.bokeh_train)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("renderer=scatter", "renderer.method=scatter cannot apply to synthetic scenes"),
+        ("renderer.num_layers=8", "renderer.num_layers=8 cannot apply"),
+        ("renderer.highlight.enabled=true", "renderer.highlight cannot apply"),
+        ("renderer.max_coc_px=20", "renderer.max_coc_px=20 differs from the dataset's max_coc_px=3,"),
+    ],
+)
+def test_synthetic_training_data_rejects_renderer_settings_it_would_ignore(override, message, monkeypatch):
+    from magicbokeh.errors import ConfigError
+    from magicbokeh.utils.cli import find_user_error
+
+    monkeypatch.chdir(CONFIG_DIR.parent)
+    with pytest.raises(Exception) as raised:  # Hydra wraps it; the CLI prints the ConfigError behind it
+        _bokeh_train(override)
+    error = find_user_error(raised.value)
+    assert isinstance(error, ConfigError) and message in str(error), raised.value
+
+
+def test_renderer_settings_that_apply_to_synthetic_scenes_are_used(monkeypatch):
+    """gamma, aperture, downsample and the CoC scale reach the synthetic ground truth (the renderer follows
+    data.max_coc_px)."""
+    import magicbokeh.data.datasets as datasets
+
+    monkeypatch.chdir(CONFIG_DIR.parent)
+    calls = []
+    monkeypatch.setattr(datasets, "render_scene", lambda *args, **kwargs: calls.append(kwargs) or args[0].image)
+    dataset = _bokeh_train("renderer.downsample=false", "renderer.gamma=1.8", "renderer.aperture.shape=polygon")
+    dataset[0]
+    assert calls[0]["downsample"] is False and calls[0]["gamma"] == 1.8 and calls[0]["aperture"].shape == "polygon"
+    assert dataset.renderer.max_coc_px == compose_config("train").data.max_coc_px

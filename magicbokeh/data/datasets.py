@@ -37,10 +37,10 @@ from torch.utils.data import Dataset
 from magicbokeh.data.io import DISPARITY_EXTENSIONS, IMAGE_EXTENSIONS, list_images, read_disparity, read_image
 from magicbokeh.data.synthetic import SyntheticSceneGenerator, render_scene
 from magicbokeh.data.transforms import ensure_min_size, random_crop, random_hflip
-from magicbokeh.errors import DatasetError, ParameterError
+from magicbokeh.errors import ConfigError, DatasetError, ParameterError
 from magicbokeh.optics.coc import K_MAX
 from magicbokeh.optics.defocus import defocus_map
-from magicbokeh.optics.render import BokehRenderer
+from magicbokeh.optics.render import DEFAULT_NUM_LAYERS, BokehRenderer
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import sample_generator
 
@@ -135,14 +135,45 @@ class _FocusAndStrength:
 
 
 def _as_renderer(renderer: BokehRenderer | Mapping | None, max_coc_px: float | None) -> BokehRenderer:
-    """The renderer settings, with ``max_coc_px`` (when given) overriding the renderer's own."""
+    """The renderer settings, with ``max_coc_px`` (when given) as the CoC scale. A renderer that sets a different
+    ``max_coc_px`` of its own is an error: one of the two values would be silently ignored."""
+    own = None
     if renderer is None:
         renderer = BokehRenderer()
     elif isinstance(renderer, Mapping):
+        own = renderer.get("max_coc_px")
         renderer = BokehRenderer(**{k: v for k, v in renderer.items() if k != "_target_"})
+    else:  # an instantiated BokehRenderer (a config's renderer node) carries its own max_coc_px
+        own = renderer.max_coc_px
     if max_coc_px is not None:
+        if own is not None and float(own) != float(max_coc_px):
+            raise ConfigError(
+                f"renderer.max_coc_px={float(own):g} differs from the dataset's max_coc_px={float(max_coc_px):g}, "
+                "which its targets use; set one value (in training: data.max_coc_px, which renderer.max_coc_px follows)"
+            )
         renderer = dataclasses.replace(renderer, max_coc_px=float(max_coc_px))
     return renderer
+
+
+def _check_synthetic_renderer(renderer: BokehRenderer) -> None:
+    """Synthetic scenes are rendered from their own layers (:func:`~magicbokeh.data.synthetic.render_scene`, exact
+    occlusion): of the renderer settings only gamma, aperture, max_coc_px and downsample apply. Settings that
+    would be ignored are errors."""
+    if renderer.method != "layered":
+        raise ConfigError(
+            f"renderer.method={renderer.method} cannot apply to synthetic scenes: their ground truth is always "
+            "composited layer by layer (renderer=layered); the scatter renderer is for photos"
+        )
+    if renderer.num_layers != DEFAULT_NUM_LAYERS:
+        raise ConfigError(
+            f"renderer.num_layers={renderer.num_layers} cannot apply to synthetic scenes: it caps the slices of a "
+            f"photo's disparity map, and a synthetic scene brings its own layers; leave it at {DEFAULT_NUM_LAYERS}"
+        )
+    if renderer.highlight is not None:
+        raise ConfigError(
+            "renderer.highlight cannot apply to synthetic scenes (the layered scene renderer has no highlight "
+            "boost); set renderer.highlight.enabled=false, or use photos (data=paper) for highlight bokeh"
+        )
 
 
 def _degrade(image: torch.Tensor, degradation, generator: torch.Generator) -> torch.Tensor:
@@ -243,6 +274,7 @@ class SyntheticBokehDataset(Dataset):
         self.size, self.length, self.seed = int(size), int(length), int(seed)
         self.degradation = degradation
         self.renderer = _as_renderer(renderer, max_coc_px)
+        _check_synthetic_renderer(self.renderer)
         self.sampler = _FocusAndStrength(focus, subject_focus_prob, K_range)
         self.scenes = SyntheticSceneGenerator(self.size, self.size, **dict(scene or {}))
 
@@ -255,7 +287,10 @@ class SyntheticBokehDataset(Dataset):
         disparity = scene.disparity
         focus, K, rule = self.sampler(disparity, scene.subject_mask, generator)
         renderer = self.renderer
-        target = render_scene(scene, focus, renderer.blur_px(K), gamma=renderer.gamma, aperture=renderer.aperture)
+        target = render_scene(
+            scene, focus, renderer.blur_px(K), gamma=renderer.gamma, aperture=renderer.aperture,
+            downsample=renderer.downsample,
+        )  # fmt: skip
         lq = _degrade(scene.image, self.degradation, generator)
         meta = {"index": int(index), "dataset": "synthetic", "source": "synthetic", "focus_rule": rule}
         return bokeh_sample(lq, target, disparity, focus, K, meta)

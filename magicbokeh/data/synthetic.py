@@ -51,11 +51,13 @@ def render_scene(
     *,
     gamma: float = 2.2,
     aperture: str | ApertureSpec | Mapping = "disk",
+    downsample: bool = True,
 ) -> torch.Tensor:
-    """Ground-truth bokeh ``3×H×W`` of a scene focused at ``focus_disparity`` with ``blur_px`` (radius at |Δd| = 1)."""
+    """Ground-truth bokeh ``3×H×W`` of a scene focused at ``focus_disparity`` with ``blur_px`` (radius at |Δd| = 1);
+    ``downsample`` blurs large circles of confusion at reduced resolution (:func:`render_layers`)."""
     return render_layers(
         scene.layer_colors[None], scene.layer_alphas[None], scene.layer_disparity[None], focus_disparity, blur_px,
-        gamma=gamma, aperture=aperture,
+        gamma=gamma, aperture=aperture, downsample=downsample,
     )[0]  # fmt: skip
 
 

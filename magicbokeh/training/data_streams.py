@@ -2,8 +2,9 @@
 
 A stream reads :class:`magicbokeh.data.samplers.ResumableRandomSampler` (a seeded permutation per epoch, forever);
 its only state is the number of samples this rank has drawn (the *position*). Saving that integer in the checkpoint
-and rebuilding the stream at it gives exactly the batches an uninterrupted run would have seen. Under data
-parallelism each rank reads its own interleaved share of the same global stream, so ranks never repeat a sample.
+(``state_dict``) and rebuilding the stream at it gives exactly the batches an uninterrupted run would have seen.
+Under data parallelism each rank reads its own interleaved share of the same global stream, so ranks never repeat a
+sample.
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class BatchStream:
             generator=sample_generator(self.seed, self.position, "loader"),
         )
         return iter(loader)
+
+    def state_dict(self) -> dict[str, int]:
+        """The position, as a checkpoint state (plain data)."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position: the next batch is the one the saved stream would have drawn next."""
+        self.position = int(state["position"])
+        self._iterator = None
 
     def __iter__(self) -> BatchStream:
         return self

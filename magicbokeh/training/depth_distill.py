@@ -1,8 +1,10 @@
 """Degradation-aware depth distillation as a training task: the loop around :mod:`magicbokeh.depth.distill`.
 
 ``python scripts/train_depth.py experiment=depth_smoke`` runs :func:`train_depth`: config → objects once, then
-:func:`distill` steps the student (AdamW, warm-up/decay, gradient clipping, accelerate for several processes),
-evaluates it on a fixed set, checkpoints (resumable) and writes ``<run_dir>/student`` and ``depth_results.json``.
+:func:`distill` steps the student (AdamW, diffusers' warm-up/decay schedule, gradient clipping, the trainer's guarded
+update, accelerate for several processes), evaluates it on a fixed set, checkpoints through accelerate (resumable
+on every rank, :mod:`magicbokeh.training.checkpointing`), logs through accelerate's trackers and writes
+``<run_dir>/student`` and ``depth_results.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from magicbokeh.depth.distill import (
     parameter_groups,
 )
 from magicbokeh.depth.model import DepthModel
-from magicbokeh.errors import ConfigError, DatasetError, MagicBokehError
-from magicbokeh.training.checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
+from magicbokeh.errors import ConfigError, DatasetError, MagicBokehError, TrainingDivergedError
+from magicbokeh.training.checkpointing import (
+    Checkpoints,
+    TrainingProgress,
+    WeightsFile,
+    list_checkpoints,
+    read_contents,
+)
 from magicbokeh.training.data_streams import BatchStream, collate_samples
-from magicbokeh.training.optim import build_lr_scheduler
-from magicbokeh.training.tracking import Tracker
-from magicbokeh.utils.distributed import build_accelerator
+from magicbokeh.training.optim import build_lr_scheduler, guarded_update
+from magicbokeh.training.run_dir import choose_run_dir
+from magicbokeh.training.tracking import run_uid, tracker_settings
+from magicbokeh.utils.distributed import build_accelerator, distributed_state
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.progress import progress_bar
@@ -70,15 +79,16 @@ def relative_improvement(final: Mapping[str, float]) -> float:
     return 1.0 - final["student/abs_rel"] / baseline if baseline > 0 else math.nan
 
 
-def _resolve_resume(resume: str | None, checkpoints) -> Path | None:
+def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     """``None`` → fresh run; ``"latest"`` → newest checkpoint of this run (fresh if none); else a folder."""
     if resume is None:
         return None
     if str(resume) == "latest":
-        latest = checkpoints.latest()
-        if latest is None:
-            logger.warning("resume=latest but %s holds no checkpoint: starting fresh", checkpoints.checkpoint_dir)
-        return latest
+        found = list_checkpoints(checkpoint_dir)
+        if not found:
+            logger.warning("resume=latest but %s holds no checkpoint: starting fresh", checkpoint_dir)
+            return None
+        return found[-1]
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"resume checkpoint '{path}' does not exist (pass <run_dir>/checkpoints/step_NNNNNN)")
@@ -111,6 +121,7 @@ class DistillSettings:
     checkpoint_every: int = 500
     keep_last: int = 2
     num_workers: int = 0
+    max_consecutive_skips: int = 20  # non-finite updates in a row before distillation stops with an error
 
 
 def distill(
@@ -129,13 +140,34 @@ def distill(
     """Distil ``teacher`` into a student on degraded inputs; returns the final evaluation metrics.
 
     Writes ``<run_dir>/checkpoints/step_*`` (resumable), ``<run_dir>/student`` (the final student, loadable by
-    :func:`~magicbokeh.depth.build_depth_model`), ``metrics.jsonl`` and ``depth_results.json``.
+    :func:`~magicbokeh.depth.build_depth_model`), ``metrics.jsonl`` and ``depth_results.json``. ``run_dir`` is the
+    same on every rank (:func:`train_depth` broadcasts rank 0's).
     """
-    accelerator = build_accelerator(settings.mixed_precision)
-    device = accelerator.device
     run_dir = Path(run_dir)
-    checkpoints = CheckpointManager(run_dir / "checkpoints", settings.keep_last)
-    resume_path = _resolve_resume(resume, checkpoints)
+    resume_path = _resolve_resume(resume, run_dir / "checkpoints")
+    resume_step = read_contents(resume_path)["step"] if resume_path is not None else None
+    state = distributed_state()
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    uid = run_uid(run_dir, resuming=resume_path is not None) if state.is_main_process else None
+    logger_cfg = dict(logger_cfg or {"name": "none"})
+    log_with, tracker_kwargs = tracker_settings(logger_cfg, run_dir, uid, resume_step)
+    accelerator = build_accelerator(settings.mixed_precision, log_with=log_with)
+    try:
+        return _distill(
+            accelerator, teacher, train_dataset, eval_dataset, settings, weights, run_dir, seed, resume_path,
+            str(logger_cfg.get("project", "magicbokeh")), dict(run_config or {}), tracker_kwargs,
+        )  # fmt: skip
+    finally:
+        accelerator.end_training()  # closes metrics.jsonl and finishes wandb even when distillation raised
+
+
+def _distill(
+    accelerator, teacher, train_dataset, eval_dataset, settings, weights, run_dir, seed, resume_path, project,
+    run_config, tracker_kwargs,
+) -> dict[str, float]:  # fmt: skip
+    device = accelerator.device
     eval_batches = _fixed_batches(eval_dataset, settings.batch_size, collate_samples)
 
     freeze(teacher.to(device))
@@ -143,17 +175,10 @@ def distill(
     optimizer = torch.optim.AdamW(
         parameter_groups(student, settings.lr, settings.head_lr), weight_decay=settings.weight_decay
     )
+    # Not prepared: accelerate would step a prepared scheduler once per process per step; it is checkpointed below.
     scheduler = build_lr_scheduler(optimizer, settings.warmup_steps, settings.lr_schedule, settings.steps)
-    step, position = 0, 0
-    if resume_path is not None:
-        model_state, optimizer_states, scheduler_states, trainer_state = checkpoints.load(resume_path)
-        student.network.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_states["student"])
-        scheduler.load_state_dict(scheduler_states["student"])
-        step, position = int(trainer_state["step"]), int(trainer_state["position"])
-        restore_rng_state(trainer_state["rng"])
-        logger.info("resumed from %s at step %d", resume_path, step)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    unwrapped = accelerator.unwrap_model(student)
     stream = BatchStream(
         train_dataset,
         settings.batch_size,
@@ -161,58 +186,71 @@ def distill(
         num_workers=settings.num_workers,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
-        position=position,
     )
-    tracker = Tracker(run_dir, logger_cfg or {"name": "none"}, run_config or {}, accelerator.is_main_process)
-    unwrapped = accelerator.unwrap_model(student)
+    progress = TrainingProgress()
+    checkpoints = Checkpoints(
+        accelerator,
+        run_dir / "checkpoints",
+        settings.keep_last,
+        weights=[WeightsFile("student", unwrapped, unwrapped.network.state_dict, unwrapped.network.load_state_dict)],
+        states={"progress": progress, "stream": stream, "lr": scheduler},
+        optimizers=["student"],
+    )
+    if resume_path is not None:
+        checkpoints.load(resume_path)
+        logger.info("resumed from %s at step %d", resume_path, progress.step)
+    accelerator.init_trackers(project, run_config, tracker_kwargs)
 
     unwrapped.eval()
     initial = evaluate_distillation(unwrapped, teacher, eval_batches, device)
     unwrapped.train()
-    tracker.log({f"eval/{k}": v for k, v in initial.items()}, step)
-    progress = progress_bar(total=settings.steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
-    while step < settings.steps:
+    accelerator.log({f"eval/{k}": v for k, v in initial.items()}, step=progress.step)
+    bar = progress_bar(
+        total=settings.steps, initial=progress.step, desc="distill", disable=not accelerator.is_main_process
+    )
+    while progress.step < settings.steps:
         batch = next(stream)
         with accelerator.autocast():
             with torch.no_grad():
                 target = teacher(batch["clean"].to(device))
             prediction = student(batch["degraded"].to(device))
             loss, terms = distillation_loss(prediction, target, weights)
-        optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if settings.grad_clip > 0:
-            accelerator.clip_grad_norm_(student.parameters(), settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        progress.update(1)
+        update = guarded_update(optimizer, list(student.parameters()), loss, settings.grad_clip or None, accelerator)
+        if update.applied:
+            scheduler.step()
+            progress.consecutive_skips = 0
+        else:
+            progress.skipped_steps += 1
+            progress.consecutive_skips += 1
+            if progress.consecutive_skips >= settings.max_consecutive_skips:
+                raise TrainingDivergedError(
+                    f"{progress.consecutive_skips} consecutive distillation updates had a non-finite loss or "
+                    "gradient; lower distill.lr / distill.head_lr or use bf16 rather than fp16"
+                )
+        progress.step += 1
+        bar.update(1)
+        step = progress.step
         if step % settings.log_every == 0 or step == settings.steps:
-            tracker.log({"loss": loss.detach(), **{f"loss/{k}": v for k, v in terms.items()}}, step)
-            progress.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            values = {"loss": update.loss, **{f"loss/{k}": v for k, v in terms.items()}}
+            accelerator.log({**values, "skipped_steps": progress.skipped_steps}, step=step)
+            bar.set_postfix(loss=f"{update.loss:.4f}")
         if step % settings.eval_every == 0 and step < settings.steps:
             unwrapped.eval()
             metrics = evaluate_distillation(unwrapped, teacher, eval_batches, device)
-            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
             unwrapped.train()
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                checkpoints.save(
-                    step,
-                    unwrapped.network.state_dict(),
-                    {"student": optimizer},
-                    {"student": scheduler},
-                    {"position": stream.position, "rng": capture_rng_state()},
-                )
-    progress.close()
+            checkpoints.save(step)
+    bar.close()
 
     unwrapped.eval()
     final = evaluate_distillation(unwrapped, teacher, eval_batches, device)
-    tracker.log({f"eval/{k}": v for k, v in final.items()}, step)
-    tracker.close()
+    accelerator.log({f"eval/{k}": v for k, v in final.items()}, step=progress.step)
     if accelerator.is_main_process:
         unwrapped.save(run_dir / STUDENT_FOLDER)
-        write_results(run_dir / RESULTS_FILE, {"initial": initial, "final": final, "steps": step})
+        write_results(run_dir / RESULTS_FILE, {"initial": initial, "final": final, "steps": progress.step})
+    accelerator.wait_for_everyone()
     return final
 
 
@@ -235,14 +273,13 @@ def train_depth(cfg) -> dict[str, float]:
 
     Prints the student-vs-baseline comparison at the end and returns the final evaluation metrics.
     """
-    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from magicbokeh.utils.seeding import seed_everything
 
     seed_everything(int(cfg.seed))
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.hydra.run.dir)
+    run_dir = choose_run_dir(cfg, distributed_state())
     teacher = _instantiate(instantiate, cfg.depth)
     train_dataset = _instantiate(instantiate, cfg.data.train)
     eval_dataset = _instantiate(instantiate, cfg.data.eval)

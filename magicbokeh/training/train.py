@@ -1,11 +1,13 @@
 """``train(cfg)``: build everything from the config once, run :class:`Trainer`, evaluate, save the final model.
 
 Entry point: ``python scripts/train.py experiment=smoke`` (one process) or ``accelerate launch scripts/train.py
-experiment=paper run_id=NAME`` (many; a fixed ``run_id`` gives every rank the same run directory).
+experiment=paper`` (many). The run directory is rank 0's Hydra output directory, broadcast to the other ranks
+(:func:`~magicbokeh.training.run_dir.choose_run_dir`), so a launch writes into exactly one directory with or
+without ``run_id=NAME``.
 
 Run directory layout::
 
-    metrics.jsonl  wandb/  checkpoints/step_NNNNNN/  val/step_NNNNNN_<task>.png
+    run_uid  metrics.jsonl  wandb/  checkpoints/step_NNNNNN/  val/step_NNNNNN_<task>.png
     init_eval.json       held-out scores of the model before training (its own initialisation)
     final/               model.save_pretrained (what scripts/evaluate.py ckpt=... consumes)
     final_eval.{json,md} PSNR/LPIPS per task: input vs initialisation vs trained (+ colour-fixed variants)
@@ -19,22 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.training.base_pretrain import fit_autoencoder, load_standin_vae
-from magicbokeh.training.checkpointing import CheckpointManager
+from magicbokeh.training.checkpointing import list_checkpoints, read_contents
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.defocus_source import DepthDefocus
 from magicbokeh.training.losses import ReconstructionLoss, build_lpips
 from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
 from magicbokeh.training.phases import PhaseSchedule, phase_for_step
-from magicbokeh.training.tracking import Tracker
+from magicbokeh.training.run_dir import choose_run_dir
+from magicbokeh.training.tracking import run_uid, tracker_settings
 from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
 from magicbokeh.training.validation import COLOR_FIXED_SUFFIX, Validator, write_final_report
 from magicbokeh.utils.cli import set_offline_defaults
-from magicbokeh.utils.distributed import build_accelerator
+from magicbokeh.utils.distributed import build_accelerator, distributed_state
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import seed_everything
@@ -43,17 +47,6 @@ logger = get_logger(__name__)
 
 INIT_EVAL_FILE = "init_eval.json"
 FINAL_MODEL_DIR = "final"
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """The run directory: Hydra's output dir under ``@hydra.main``, else the composed ``hydra.run.dir``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    if "hydra" in cfg:
-        return Path(cfg.hydra.run.dir)
-    raise ConfigError("no run directory: call train() from scripts/train.py or compose with return_hydra_config")
 
 
 def settings_from_config(trainer_cfg: DictConfig) -> TrainerSettings:
@@ -71,6 +64,8 @@ def settings_from_config(trainer_cfg: DictConfig) -> TrainerSettings:
         log_every=int(trainer_cfg.log_every),
         val_every=int(trainer_cfg.val_every),
         checkpoint_every=int(trainer_cfg.checkpoint_every),
+        keep_last=int(trainer_cfg.keep_last),
+        max_consecutive_skips=int(trainer_cfg.max_consecutive_skips),
     )
 
 
@@ -105,14 +100,27 @@ def _job_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(container), resolve=True)
 
 
-def _build_accelerator(trainer_cfg: DictConfig):
+def _build_accelerator(trainer_cfg: DictConfig, log_with: list):
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Each phase leaves the other groups without gradients: DDP must look for unused parameters (trainer.py).
     return build_accelerator(
         str(trainer_cfg.mixed_precision),
+        log_with=log_with,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    """``resume``: None (a new run), ``latest`` (the newest checkpoint of this run directory) or a folder."""
+    if resume is None:
+        return None
+    if str(resume) == "latest":
+        found = list_checkpoints(checkpoint_dir)
+        if not found:
+            raise ConfigError(f"resume=latest but {checkpoint_dir} holds no checkpoint yet")
+        return found[-1]
+    return Path(str(resume))
 
 
 def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
@@ -188,10 +196,32 @@ def training_info(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; returns the final scores and the measured steps/s."""
     set_offline_defaults()
-    run_dir = run_dir_of(cfg)
+    run_dir = choose_run_dir(cfg, distributed_state())
     trainer_cfg = cfg.trainer
     settings = settings_from_config(trainer_cfg)
-    accelerator = _build_accelerator(trainer_cfg)
+    resume_from = _resume_checkpoint(cfg.resume, run_dir / "checkpoints")
+    resume_step = read_contents(resume_from)["step"] if resume_from is not None else None
+    uid = run_uid(run_dir, resuming=resume_from is not None) if PartialState().is_main_process else None
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    log_with, tracker_kwargs = tracker_settings(logger_cfg, run_dir, uid, resume_step)
+    accelerator = _build_accelerator(trainer_cfg, log_with)
+    try:
+        return _train(cfg, settings, run_dir, accelerator, resume_from, logger_cfg, tracker_kwargs)
+    finally:
+        # Finishes every tracker (closes metrics.jsonl, ends the wandb run) even when training raised.
+        accelerator.end_training()
+
+
+def _train(
+    cfg: DictConfig,
+    settings: TrainerSettings,
+    run_dir: Path,
+    accelerator,
+    resume_from: Path | None,
+    logger_cfg: dict[str, Any],
+    tracker_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    trainer_cfg = cfg.trainer
     seed_everything(int(cfg.seed))
 
     if trainer_cfg.num_threads is not None:
@@ -205,9 +235,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     phases = settings.schedule.phases_used(settings.max_steps)
     sources = {settings.phases[p].data for p in phases}
     base_cfg = trainer_cfg.base_pretrain
-    if base_cfg.init_from is not None and cfg.resume is None:  # a resumed run's checkpoint holds the fitted VAE
+    if base_cfg.init_from is not None and resume_from is None:  # a resumed run's checkpoint holds the fitted VAE
         load_standin_vae(model, base_cfg.init_from)
-    fit_base = base_cfg.steps > 0 and cfg.resume is None
+    fit_base = base_cfg.steps > 0 and resume_from is None
     datasets = _training_datasets(cfg, sources | (set(base_cfg.data) if fit_base else set()))
     if fit_base:
         # Before DDP wrapping, identically on every rank (same seed, same samples): see base_pretrain.py.
@@ -283,13 +313,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         grid_rows=int(validation_cfg.grid_rows),
         color_fix=str(validation_cfg.color_fix),
     )
-    tracker = Tracker(
-        run_dir,
-        OmegaConf.to_container(cfg.logger, resolve=True),
-        _job_config(cfg),
-        accelerator.is_main_process,
-    )
-    checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=int(trainer_cfg.keep_last))
     trainer = Trainer(
         accelerator=accelerator,
         model=model,
@@ -298,19 +321,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizers=optimizers,
         schedulers=schedulers,
         settings=settings,
-        tracker=tracker,
-        checkpoints=checkpoints,
+        checkpoint_dir=run_dir / "checkpoints",
         validator=validator,
         defocus_depth=defocus_depth,
         vsd=vsd,
     )
 
-    # ---- resume, or score the initialisation
-    if cfg.resume is not None:
-        resume_from = checkpoints.latest() if str(cfg.resume) == "latest" else Path(str(cfg.resume))
-        if resume_from is None:
-            raise ConfigError(f"resume=latest but {checkpoints.checkpoint_dir} holds no checkpoint yet")
+    # ---- resume, start the trackers (metrics.jsonl drops what the interrupted run logged after the checkpoint)
+    if resume_from is not None:
         trainer.resume(resume_from)
+    accelerator.init_trackers(str(logger_cfg.get("project", "magicbokeh")), _job_config(cfg), tracker_kwargs)
     unwrapped = accelerator.unwrap_model(model)
     init_scores = _initial_scores(trainer, validator, unwrapped, accelerator, run_dir)
 
@@ -327,10 +347,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         unwrapped.save_pretrained(run_dir / FINAL_MODEL_DIR)
         logger.info("final model saved to %s", run_dir / FINAL_MODEL_DIR)
         results["scores"] = _final_evaluation(validator, unwrapped, accelerator.device, run_dir, init_scores)
-        tracker.log({f"final/{k}": v for k, v in results["scores"]["trained"].items()}, trainer.step)
+        accelerator.log({f"final/{k}": v for k, v in results["scores"]["trained"].items()}, step=trainer.step)
     accelerator.wait_for_everyone()
-    tracker.close()
-    accelerator.end_training()
     return results
 
 
@@ -359,6 +377,6 @@ def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> di
         else:
             scores = validator.evaluate_model(model, accelerator.device, step=0)
             atomic_write_text(path, json.dumps(scores, indent=1))
-            trainer.tracker.log({f"val/{k}": v for k, v in scores.items()}, 0)
+            accelerator.log({f"val/{k}": v for k, v in scores.items()}, step=0)
     accelerator.wait_for_everyone()
     return scores

@@ -10,6 +10,13 @@ and let ``find_unused_parameters=True`` discover per step which ones the phase l
 ``None`` and their phase's optimizer is not stepped). The alternative, one DDP wrapper per phase, would hold one
 set of gradient buckets per phase and complicate checkpointing; the graph walk costs little next to a UNet pass.
 
+Mixed precision (``trainer.mixed_precision``: accelerate's autocast, plus its GradScaler under fp16) and non-finite
+updates: :func:`~magicbokeh.training.optim.guarded_update` unscales only the stepped optimizer (the SR LoRA belongs
+to two of them), then checks the rank-averaged loss and the all-reduced gradient norm *before* stepping; a
+non-finite update is skipped on every rank alike (weights, optimizer state and LR schedule untouched, the step
+counter advances), counted as ``skipped_steps`` in the logs, and ``trainer.max_consecutive_skips`` in a row stop
+training with :class:`~magicbokeh.errors.TrainingDivergedError`.
+
 Optional latent VSD (``trainer.vsd``, off by default, not confirmed for MagicBokeh: REFERENCE §1.6): phases with
 ``vsd_weight > 0`` add ``λ·L_VSD(ẑ₀)`` to their loss, and after the generator's update the VSD fake score takes one
 step of its own (:mod:`magicbokeh.training.vsd`). Everything VSD-specific sits in the ``_vsd_*`` helpers.
@@ -18,7 +25,6 @@ step of its own (:mod:`magicbokeh.training.vsd`). Everything VSD-specific sits i
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,19 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from magicbokeh.errors import ConfigError
-from magicbokeh.training.checkpointing import (
-    CheckpointManager,
-    capture_rng_state,
-    generator_state_to_text,
-    restore_generator_state,
-    restore_rng_state,
-)
+from magicbokeh.errors import ConfigError, TrainingDivergedError
+from magicbokeh.training.checkpointing import Checkpoints, TrainingProgress, WeightsFile
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.defocus_source import DepthDefocus
 from magicbokeh.training.losses import ReconstructionLoss
+from magicbokeh.training.optim import guarded_update
 from magicbokeh.training.phases import PhaseSchedule, phase_for_step
-from magicbokeh.training.tracking import Tracker
+from magicbokeh.training.tracking import log_image
 from magicbokeh.training.validation import Validator
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.progress import progress_bar
@@ -49,8 +50,7 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-VSD_OPTIMIZER = "vsd_fake_score"  # its entry in optimizers.pt (phase names never take this name)
-VSD_TENSORS = "vsd"  # vsd.safetensors in the checkpoint folder
+EXPORT_DIR = "model"  # the loadable model inside each checkpoint folder (scripts/evaluate.py ckpt=<checkpoint>/model)
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,27 @@ class TrainerSettings:
     log_every: int = 10
     val_every: int = 0
     checkpoint_every: int = 0
+    keep_last: int = 3
+    max_consecutive_skips: int = 20  # non-finite updates in a row before training stops with an error
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.grad_accum_steps < 1:
             raise ConfigError("trainer.max_steps and trainer.grad_accum_steps must be ≥ 1")
+        if self.max_consecutive_skips < 1:
+            raise ConfigError(f"trainer.max_consecutive_skips must be ≥ 1, got {self.max_consecutive_skips}")
         missing = [p for p in self.schedule.phases_used(self.max_steps) if p not in self.phases]
         if missing:
             raise ConfigError(f"the schedule uses phase(s) {missing} that have no entry under trainer.phases")
 
 
 class Trainer:
-    """Owns the step counter; everything it touches is built by :func:`magicbokeh.training.train.train`."""
+    """Owns the step counter; everything it touches is built by :func:`magicbokeh.training.train.train`.
+
+    ``model``, the phase ``optimizers`` (and the VSD fake score and optimizer) must already be prepared by
+    ``accelerator``; the trainer registers its checkpoint state with it (:class:`Checkpoints`): the progress
+    counters, each data stream's position, each phase's LR schedule and the VSD noise generator. Numbers go to
+    ``accelerator.log`` (its trackers: metrics.jsonl, wandb).
+    """
 
     def __init__(
         self,
@@ -97,8 +107,7 @@ class Trainer:
         optimizers: Mapping[str, torch.optim.Optimizer],
         schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
         settings: TrainerSettings,
-        tracker: Tracker,
-        checkpoints: CheckpointManager,
+        checkpoint_dir: str | Path,
         validator: Validator | None = None,
         defocus_depth: DepthDefocus | None = None,
         vsd: LatentVSD | None = None,
@@ -110,12 +119,40 @@ class Trainer:
         self.optimizers = dict(optimizers)
         self.schedulers = dict(schedulers)
         self.settings = settings
-        self.tracker = tracker
-        self.checkpoints = checkpoints
         self.validator = validator
         self.defocus_depth = defocus_depth
         self.vsd = vsd
-        self.step = 0
+        self.progress = TrainingProgress()
+        unwrapped = accelerator.unwrap_model(model)
+        # Trainable groups (+ the base weights of a randomly initialised model, which no file restores).
+        weights = [WeightsFile("model", unwrapped, unwrapped.checkpoint_state_dict, unwrapped.load_checkpoint_weights)]
+        states: dict[str, Any] = {"progress": self.progress}
+        states.update({f"stream/{name}": stream for name, stream in sorted(self.streams.items())})
+        states.update({f"lr/{name}": scheduler for name, scheduler in self.schedulers.items()})
+        optimizer_names = list(self.optimizers)
+        if vsd is not None:
+            weights.append(WeightsFile("vsd", vsd.fake_module, vsd.checkpoint_tensors, vsd.load_checkpoint_tensors))
+            states["vsd"] = vsd
+            optimizer_names.append("vsd_fake_score")
+        self.checkpoints = Checkpoints(
+            accelerator,
+            checkpoint_dir,
+            settings.keep_last,
+            weights=weights,
+            states=states,
+            optimizers=optimizer_names,
+            # A loadable model beside the training state: `scripts/evaluate.py ckpt=<checkpoint>/model`.
+            write_extra=lambda folder: unwrapped.save_pretrained(folder / EXPORT_DIR),
+        )
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (skipped non-finite updates included): the schedule's position."""
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = int(value)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -139,21 +176,23 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(phase=phase, loss=f"{parts['loss']:.4f}", it_s=f"{steps_per_s:.2f}")
             if self._due(settings.log_every):
-                self.tracker.log({"phase": phase, **parts, "steps_per_s": steps_per_s}, self.step)
+                self.accelerator.log({"phase": phase, **parts, "steps_per_s": steps_per_s}, step=self.step)
             if self._due(settings.val_every):
                 self.validate()
             if self._due(settings.checkpoint_every):
-                self.save_checkpoint(phase)
+                self.save_checkpoint()
         progress.close()
 
     def train_step(self, phase: str) -> dict[str, float]:
-        """One optimizer update of ``phase``: accumulate micro-batches from its stream, clip, step its optimizer."""
+        """One optimizer update of ``phase``: accumulate micro-batches from its stream, then a guarded update
+        (:func:`~magicbokeh.training.optim.guarded_update`: unscale this optimizer only, clip, skip if non-finite)."""
         phase_settings = self.settings.phases[phase]
         model = self.accelerator.unwrap_model(self.model)
         model.set_phase(phase)
         optimizer = self.optimizers[phase]
         accum = self.settings.grad_accum_steps
         totals: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=self.accelerator.device)
         vsd_latents: list[torch.Tensor] | None = [] if self._vsd_active(phase) else None
         for micro in range(accum):
             batch = next(self.streams[phase_settings.data])
@@ -162,21 +201,37 @@ class Trainer:
             with sync:
                 loss, parts = self._loss(phase, batch, vsd_latents)
                 self.accelerator.backward(loss / accum)
-            for name, value in {"loss": loss, **parts}.items():
+            loss_sum += loss.detach().float() / accum
+            for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + value.detach().float().item() / accum
-        if self.settings.max_grad_norm:
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            grad_norm = self.accelerator.clip_grad_norm_(parameters, self.settings.max_grad_norm)
-            totals["grad_norm"] = float(grad_norm)
-        totals[f"lr/{phase}"] = optimizer.param_groups[0]["lr"]  # the rate this update used
-        optimizer.step()
-        self.schedulers[phase].step()
-        optimizer.zero_grad(set_to_none=True)
-        if vsd_latents is not None:
-            totals["vsd_fake_diffusion"] = self._vsd_update_fake_score(vsd_latents)
-        if not math.isfinite(totals["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {self.step} (phase {phase}); lower the learning rate")
+        lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        update = guarded_update(optimizer, parameters, loss_sum, self.settings.max_grad_norm, self.accelerator)
+        totals.update({"loss": update.loss, "grad_norm": update.grad_norm, f"lr/{phase}": lr})
+        if update.applied:
+            self.schedulers[phase].step()
+            self.progress.consecutive_skips = 0
+            if vsd_latents is not None:
+                totals["vsd_fake_diffusion"] = self._vsd_update_fake_score(vsd_latents)
+        else:
+            self._skip(phase, update.loss, update.grad_norm)
+        totals["skipped_steps"] = self.progress.skipped_steps
         return totals
+
+    def _skip(self, phase: str, loss: float, grad_norm: float) -> None:
+        """Count a skipped (non-finite) update; too many in a row mean training has diverged."""
+        self.progress.skipped_steps += 1
+        self.progress.consecutive_skips += 1
+        logger.warning(
+            "step %d (%s): non-finite loss %s or gradient norm %s, update skipped (%d in a row)",
+            self.step + 1, phase, loss, grad_norm, self.progress.consecutive_skips,
+        )  # fmt: skip
+        if self.progress.consecutive_skips >= self.settings.max_consecutive_skips:
+            raise TrainingDivergedError(
+                f"{self.progress.consecutive_skips} consecutive updates had a non-finite loss or gradient norm "
+                f"(up to step {self.step + 1}, phase {phase}); lower trainer.phases.{phase}.lr, train in bf16 "
+                "rather than fp16, or resume from an earlier checkpoint (trainer.max_consecutive_skips sets the limit)"
+            )
 
     def _loss(
         self, phase: str, batch: Mapping[str, Any], vsd_latents: list[torch.Tensor] | None = None
@@ -211,27 +266,6 @@ class Trainer:
         """One fake-score step on this update's (detached) generator latents, after the generator's step."""
         return self.vsd.update_fake_score(torch.cat(latents))
 
-    def _vsd_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """(extra optimizer states, extra tensor sets, extra trainer state) of the VSD regulariser; empty without."""
-        if self.vsd is None:
-            return {}, {}, {}
-        return (
-            {VSD_OPTIMIZER: self.vsd.optimizer.state_dict()},
-            {VSD_TENSORS: self.vsd.checkpoint_tensors()},
-            {"vsd": {"generator": generator_state_to_text(self.vsd.generator)}},
-        )
-
-    def _vsd_resume(self, path: Path, optimizer_states: Mapping[str, Any], trainer_state: Mapping[str, Any]) -> None:
-        if self.vsd is None:
-            return
-        tensors = self.checkpoints.load_extra_tensors(path, VSD_TENSORS)
-        if tensors is None:
-            logger.warning("%s holds no VSD state: the fake score starts again from the real score", path)
-            return
-        self.vsd.load_checkpoint_tensors(tensors)
-        self.vsd.optimizer.load_state_dict(optimizer_states[VSD_OPTIMIZER])
-        restore_generator_state(self.vsd.generator, trainer_state["vsd"]["generator"])
-
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self.step == self.settings.max_steps)
 
@@ -243,9 +277,9 @@ class Trainer:
             metrics = self.validator.evaluate_model(
                 self.accelerator.unwrap_model(self.model), self.accelerator.device, step=self.step
             )
-            self.tracker.log({f"val/{key}": value for key, value in metrics.items()}, self.step)
+            self.accelerator.log({f"val/{key}": value for key, value in metrics.items()}, step=self.step)
             for task in self.validator.datasets:
-                self.tracker.log_image(f"val/{task}", self.validator.grid_path(task, self.step), self.step)
+                log_image(self.accelerator, f"val/{task}", self.validator.grid_path(task, self.step), self.step)
             logger.info(
                 "step %d validation: %s", self.step, ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
             )
@@ -253,47 +287,11 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, phase: str) -> Path | None:
-        """Every rank reaches this; the main process writes, the others wait."""
-        path = None
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            vsd_optimizers, vsd_tensors, vsd_state = self._vsd_checkpoint()
-            state = {
-                "phase": phase,
-                "data_positions": {name: stream.position for name, stream in self.streams.items()},
-                # The main process's RNG; exact reproduction after a resume is guaranteed for one process.
-                "rng": capture_rng_state(),
-                **vsd_state,
-            }
-            path = self.checkpoints.save(
-                self.step,
-                # Trainable groups (+ the base weights of a randomly initialised model, which no file restores).
-                model.checkpoint_state_dict(),
-                {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()} | vsd_optimizers,
-                {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
-                state,
-                # A loadable model beside the training state: `scripts/evaluate.py ckpt=<checkpoint>/model`.
-                write_extra=lambda folder: model.save_pretrained(folder / "model"),
-                extra_tensors=vsd_tensors,
-            )
-        self.accelerator.wait_for_everyone()
-        return path
+    def save_checkpoint(self) -> Path:
+        """Every rank reaches this (accelerate's save_state); returns the checkpoint folder."""
+        return self.checkpoints.save(self.step)
 
     def resume(self, path: str | Path) -> None:
-        """Restore weights, optimizers, schedulers, step, data positions and RNG states from a checkpoint folder."""
-        model_state, optimizer_states, scheduler_states, trainer_state = self.checkpoints.load(path)
-        self.accelerator.unwrap_model(self.model).load_checkpoint_weights(model_state)
-        for name, optimizer in self.optimizers.items():
-            if name in optimizer_states:
-                optimizer.load_state_dict(optimizer_states[name])
-        for name, scheduler in self.schedulers.items():
-            if name in scheduler_states:
-                scheduler.load_state_dict(scheduler_states[name])
-        for name, position in trainer_state["data_positions"].items():
-            if name in self.streams:
-                self.streams[name].position = int(position)
-        restore_rng_state(trainer_state["rng"])
-        self._vsd_resume(Path(path), optimizer_states, trainer_state)
-        self.step = int(trainer_state["step"])
-        logger.info("resumed from %s at step %d (phase %s)", path, self.step, trainer_state["phase"])
+        """Restore weights, optimizers, schedulers, counters, data positions and every rank's RNG states."""
+        self.checkpoints.load(path)
+        logger.info("resumed from %s at step %d", path, self.step)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 
 from magicbokeh.errors import ConfigError
-from magicbokeh.training.optim import build_optimizer
+from magicbokeh.training.optim import build_optimizer, guarded_update
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import derive_seed
 
@@ -130,8 +130,8 @@ class LatentVSD:
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "vsd_noise"))
         self.rank, self.world_size = 0, 1  # see sample_timesteps_and_noise
         self.optimizer = build_optimizer(self.fake_parameters(), lr=settings.lr, **dict(optimizer_kwargs or {}))
+        self.accelerator = None  # set by attach()
         self._backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
-        self._clip: Callable[[list[torch.nn.Parameter], float], Any] = torch.nn.utils.clip_grad_norm_
         self._autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     # ------------------------------------------------------------------------------------------------- set-up
@@ -151,10 +151,17 @@ class LatentVSD:
         self.to(accelerator.device)
         self.fake_score, self.optimizer = accelerator.prepare(self.fake_module, self.optimizer)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
+        self.accelerator = accelerator
         self._backward = accelerator.backward
-        self._clip = accelerator.clip_grad_norm_
         self._autocast = accelerator.autocast
         return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The noise generator's state, as a training-checkpoint state (the LoRA goes to ``vsd.safetensors``)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
     # ----------------------------------------------------------------------------------------------- the maths
     def sample_timesteps_and_noise(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,11 +216,11 @@ class LatentVSD:
             noise_pred = self.fake_score(noisy, timesteps, encoder_hidden_states=context, return_dict=False)[0]
         loss = F.mse_loss(noise_pred.float(), noise)
         self._backward(loss)
-        if self.max_grad_norm:
-            self._clip(self.fake_parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        # The trainer's guarded update: this optimizer alone is unscaled under fp16, a non-finite step is skipped.
+        update = guarded_update(self.optimizer, self.fake_parameters(), loss, self.max_grad_norm, self.accelerator)
+        if not update.applied:
+            logger.warning("VSD fake score: non-finite loss or gradient, update skipped")
+        return update.loss
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:

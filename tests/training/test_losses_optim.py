@@ -1,4 +1,4 @@
-"""LPIPS from a local torchvision file (clear error when missing), the reconstruction loss, warm-up schedules."""
+"""LPIPS from a local torchvision file (clear error when missing), the reconstruction loss, diffusers' schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from magicbokeh.errors import ConfigError, MissingWeightsError
 from magicbokeh.training.losses import ReconstructionLoss, build_lpips
-from magicbokeh.training.optim import WarmupThenDecay, build_lr_scheduler, build_optimizer
+from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
 
 
 def test_missing_backbone_file_names_file_key_and_source(tmp_path):
@@ -47,20 +47,37 @@ def test_l2_only_loss_needs_no_lpips_and_lpips_weight_needs_a_model():
         ReconstructionLoss(1.0, 2.0, None)
 
 
+def _rates(scheduler, steps: int) -> list[float]:
+    rates = []
+    for _ in range(steps):
+        rates.append(round(scheduler.get_last_lr()[0], 4))
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
 def test_warmup_then_constant_or_cosine():
-    constant = WarmupThenDecay(warmup_steps=4)
-    assert [constant(n) for n in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    cosine = WarmupThenDecay(warmup_steps=2, schedule="cosine", total_steps=6)
-    assert [round(cosine(n), 4) for n in range(7)] == [0.5, 1.0, 1.0, 0.8536, 0.5, 0.1464, 0.0]
-    with pytest.raises(ConfigError):
-        WarmupThenDecay(1, schedule="linear")
+    """diffusers' schedules: warm-up n / warmup_steps (step 0 at lr 0), then constant or a cosine decay to 0."""
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    assert _rates(build_lr_scheduler(optimizer, warmup_steps=4), 6) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    cosine = build_lr_scheduler(optimizer, warmup_steps=2, schedule="cosine", total_steps=6)
+    assert _rates(cosine, 7) == [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 0.0]
+    with pytest.raises(ConfigError, match="lr schedule"):
+        build_lr_scheduler(optimizer, 1, schedule="step")
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        build_lr_scheduler(optimizer, -1)
 
 
-def test_scheduler_state_is_plain_data():
+def test_scheduler_state_is_plain_data(tmp_path):
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
-    scheduler = build_lr_scheduler(optimizer, warmup_steps=3)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)
-    state = scheduler.state_dict()
-    assert state["lr_lambdas"][0]["warmup_steps"] == 3  # stored as a dict, loadable with weights_only=True
+    scheduler = build_lr_scheduler(optimizer, warmup_steps=3, schedule="cosine", total_steps=10)
+    optimizer.step()
+    scheduler.step()
+    torch.save(scheduler.state_dict(), tmp_path / "lr.pt")
+    state = torch.load(tmp_path / "lr.pt", weights_only=True)  # loadable without unrestricted unpickling
+    again = build_lr_scheduler(build_optimizer([torch.nn.Parameter(torch.zeros(2))], lr=1e-3), 3, "cosine", 10)
+    again.load_state_dict(state)
+    assert again.last_epoch == 1 and again.get_last_lr() == scheduler.get_last_lr()
     with pytest.raises(ConfigError):
         build_optimizer([], lr=1e-3)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from accelerate import Accelerator
 
-from magicbokeh.training.checkpointing import CheckpointManager
 from magicbokeh.training.data_streams import BatchStream
 from magicbokeh.training.losses import ReconstructionLoss
 from magicbokeh.training.optim import build_lr_scheduler, build_optimizer
 from magicbokeh.training.phases import PhaseSchedule
-from magicbokeh.training.tracking import Tracker, read_metrics
+from magicbokeh.training.tracking import JsonlTracker, read_metrics
 from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
 from tests.training.fakes import GROUPS, FakeMagicBokeh, FakePairs
 
@@ -32,11 +33,20 @@ def _trainer(
     phases=PHASES,
     optimizer_kwargs=None,
     vsd=None,
+    accelerator=None,
+    resume_step=None,
+    optimizer_factory=None,
+    max_consecutive_skips=20,
+    start_trackers=True,
+    lpips_model=None,
 ) -> Trainer:
-    """A Trainer over fakes (or over ``model``, e.g. the real tiny network, with ``size``-pixel samples); loss
-    weights come from ``phases``; ``vsd`` (a LatentVSD) is attached to the trainer's accelerator."""
+    """A Trainer over fakes (or over ``model``, e.g. the real tiny network, with ``size``-pixel samples), prepared by
+    ``accelerator`` (default: a float32 CPU one) and logging to ``run_dir/metrics.jsonl``; loss weights come from
+    ``phases``; ``vsd`` (a LatentVSD) is attached to the accelerator. ``optimizer_factory(params, lr)`` replaces
+    AdamW (the precision tests use plain SGD, whose update is proportional to the gradient); ``lpips_model`` serves
+    phases with an LPIPS weight."""
     torch.manual_seed(0)
-    accelerator = Accelerator(cpu=True)
+    accelerator = accelerator or Accelerator(cpu=True, log_with=[JsonlTracker(run_dir, resume_step)])
     model = FakeMagicBokeh() if model is None else model
     settings = TrainerSettings(
         max_steps=max_steps,
@@ -45,28 +55,45 @@ def _trainer(
         grad_accum_steps=grad_accum_steps,
         log_every=1,
         checkpoint_every=checkpoint_every,
+        keep_last=2,
+        max_consecutive_skips=max_consecutive_skips,
     )
     optimizers, schedulers = {}, {}
     for phase in settings.schedule.phases_used(max_steps):
-        optimizers[phase] = build_optimizer(
-            model.trainable_parameters(phase), lr=phases[phase].lr, **(optimizer_kwargs or {})
-        )
+        if optimizer_factory is None:
+            optimizers[phase] = build_optimizer(
+                model.trainable_parameters(phase), lr=phases[phase].lr, **(optimizer_kwargs or {})
+            )
+        else:
+            optimizers[phase] = optimizer_factory(model.trainable_parameters(phase), phases[phase].lr)
         schedulers[phase] = build_lr_scheduler(optimizers[phase], phases[phase].warmup_steps, "cosine", max_steps)
+    for phase in optimizers:  # every scheduled group trainable, as train() leaves them before prepare()
+        for param in model.trainable_parameters(phase):
+            param.requires_grad_(True)
+    prepared = accelerator.prepare(model, *optimizers.values())
+    optimizers = dict(zip(optimizers, prepared[1:]))
+    if vsd is not None:
+        vsd.attach(accelerator)
     streams = {
         task: BatchStream(FakePairs(task, length=5, size=size), batch_size=2, seed=3) for task in ("sr", "bokeh")
     }
-    return Trainer(
+    trainer = Trainer(
         accelerator=accelerator,
-        model=model,
+        model=prepared[0],
         streams=streams,
-        losses={phase: ReconstructionLoss(phases[phase].l2_weight, phases[phase].lpips_weight) for phase in optimizers},
+        losses={
+            phase: ReconstructionLoss(phases[phase].l2_weight, phases[phase].lpips_weight, lpips_model)
+            for phase in optimizers
+        },
         optimizers=optimizers,
         schedulers=schedulers,
         settings=settings,
-        tracker=Tracker(run_dir, {"name": "none"}, {}, is_main_process=True),
-        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=2),
-        vsd=None if vsd is None else vsd.attach(accelerator),
+        checkpoint_dir=run_dir / "checkpoints",
+        vsd=vsd,
     )
+    if start_trackers:
+        accelerator.init_trackers("test")
+    return trainer
 
 
 def _group_snapshot(model: FakeMagicBokeh) -> dict[str, torch.Tensor]:
@@ -75,7 +102,9 @@ def _group_snapshot(model: FakeMagicBokeh) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("grad_accum_steps", [1, 2])
 def test_each_phase_updates_only_its_group(tmp_path, grad_accum_steps):
-    trainer = _trainer(tmp_path, grad_accum_steps=grad_accum_steps)
+    # No warm-up: diffusers' warm-up runs a phase's first step at lr 0, which moves nothing.
+    no_warmup = {name: dataclasses.replace(phase, warmup_steps=0) for name, phase in PHASES.items()}
+    trainer = _trainer(tmp_path, grad_accum_steps=grad_accum_steps, phases=no_warmup)
     model = trainer.model
     for step, phase in enumerate(["sr_pretrain", "sr_pretrain", "bokeh", "sr", "bokeh"]):
         before = _group_snapshot(model)
@@ -107,23 +136,28 @@ def _losses(run_dir) -> dict[int, float]:
 def test_killed_and_resumed_run_reproduces_losses_exactly(tmp_path):
     reference = _trainer(tmp_path / "reference", max_steps=8)
     reference.fit()
+    reference.accelerator.end_training()
     expected = _losses(tmp_path / "reference")
 
-    killed = _trainer(tmp_path / "killed", max_steps=8, checkpoint_every=3)
-    killed.model.fail_at_call = 5  # dies in the middle of step 5, after the step-3 checkpoint
+    killed = _trainer(tmp_path / "run", max_steps=8, checkpoint_every=3)
+    killed.accelerator.unwrap_model(killed.model).fail_at_call = 5  # dies in step 5, after the step-3 checkpoint
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
+    killed.accelerator.end_training()
     latest = killed.checkpoints.latest()
     assert latest.name == "step_000003"
-    killed.tracker.close()
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]  # step 4 was logged after the checkpoint
 
-    resumed = _trainer(tmp_path / "resumed", max_steps=8, checkpoint_every=3)
-    resumed.checkpoints = killed.checkpoints
+    resumed = _trainer(tmp_path / "run", max_steps=8, checkpoint_every=3, resume_step=3, start_trackers=False)
+    torch.manual_seed(1234)  # the global RNG (dropout) must come back from the checkpoint, not from here
     resumed.resume(latest)
+    resumed.accelerator.init_trackers("test")  # as train() does: the trackers start after the resume
     assert resumed.step == 3
     resumed.fit()
-    got = _losses(tmp_path / "resumed")
-    assert sorted(got) == [4, 5, 6, 7, 8]
+    resumed.accelerator.end_training()
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # step 4 of the killed run dropped, not repeated
+    got = _losses(tmp_path / "run")
     assert all(got[step] == expected[step] for step in got), (got, expected)
     assert torch.equal(
         resumed.model.state_dict()["bokeh_lora.weight"], reference.model.state_dict()["bokeh_lora.weight"]

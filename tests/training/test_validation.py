@@ -11,7 +11,7 @@ from torch import nn
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.evaluation.metrics import psnr
-from magicbokeh.training.validation import Validator, write_final_report
+from magicbokeh.training.validation import Validator, labelled_grid, write_final_report
 
 
 class _BlurWhereDefocused(nn.Module):
@@ -84,8 +84,23 @@ def test_color_fixed_scores_remove_a_cast_and_leave_the_input_alone(tmp_path, me
     assert abs(identity["bokeh/psnr_color_fixed"] - identity["bokeh/psnr"]) < 0.01
     # The input baseline has no fixed variant; the grid gains a colour-fixed panel: input | output | fixed | target.
     assert set(validator.evaluate_upsampled_input(device)) == {"bokeh/psnr"}
-    with Image.open(validator.grid_path("bokeh", 1)) as grid:
-        assert grid.size == (4 * 16, 4 * 16)
+    with Image.open(validator.grid_path("bokeh", 1)) as grid:  # 16 px panels enlarged ×6 to 96 px, plus labels
+        width, height = grid.size
+        assert width > 4 * 96 and height > 4 * 96 and (width - 4 * 96) < 200 and (height - 4 * 96) < 60
+
+
+def test_grid_panels_are_labelled_and_unchanged():
+    panels = torch.rand(2, 3, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    grid = labelled_grid(panels, ["input (bicubic)", "output", "target"], ["#0: 20.00 dB", "#1: 21.00 dB"], "bokeh")
+    _, height, width = grid.shape
+    factor = 8  # 12 px wide panels enlarged to ≥ 96 px
+    left, top = width - 3 * 12 * factor, height - 2 * 8 * factor
+    assert left > 40 and top > 10  # room for the row labels and the headings
+    dark = grid.mean(0) < 0.5
+    assert dark[:top, left:].any() and dark[top:, :left].any()  # text in the heading strip and the label column
+    panel = grid[:, top + 8 * factor : top + 16 * factor, left + 12 * factor : left + 24 * factor]  # row 1, output
+    expected = torch.nn.functional.interpolate(panels[1, 1][None], scale_factor=factor, mode="nearest")[0]
+    assert (panel - expected).abs().max() <= 0.5 / 255  # the pixels themselves, only quantised to 8 bits
 
 
 def test_unknown_color_fix_is_a_config_error(tmp_path):

@@ -216,7 +216,7 @@ def test_resume_with_vsd_reproduces_the_uninterrupted_run(tmp_path):
     model.forward = dying_forward
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
-    killed.tracker.close()
+    killed.accelerator.end_training()
     latest = killed.checkpoints.latest()
     assert latest.name == "step_000003" and (latest / "vsd.safetensors").is_file()
 
