@@ -18,7 +18,8 @@ The regions are "in focus" (defocus ≤ 0.1) and "out of focus". Three interchan
 * ``flex``: torch's ``flex_attention`` with a ``BlockMask``. Tokens are first sorted by region (per sample, in one
   batched gather) so that the mask is two dense diagonal blocks and the kernel skips every cross-region block of
   128×128 tokens; the result is scattered back to raster order. Compiled with ``torch.compile`` on CUDA; elsewhere
-  torch runs its eager reference path, which materialises the full score matrix (correct, slow: for tests).
+  torch runs its eager reference path, which materialises the full score matrix (correct, slow: for tests) and has
+  no backward (training with it off CUDA is a :class:`ConfigError`).
 
 :func:`dense_region_attention` is the literal formula with an explicit −∞ bias, kept as the reference for tests
 and the benchmark. (The release adds −100, a finite stand-in for −∞; the difference is below e⁻¹⁰⁰ per weight.)
@@ -191,6 +192,11 @@ def _sorted_block_mask(token_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
 
 
 def _flex_region_attention(query, key, value, token_mask, scale, regions) -> torch.Tensor:
+    if query.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        raise ConfigError(
+            "the flex FAMA backend cannot train off CUDA (torch's flex_attention has no CPU backward); "
+            "use model.attention_backend=gather or sdpa_mask"
+        )
     num_tokens = token_mask.shape[1]
     if regions is None:
         order, block_mask = _sorted_block_mask(token_mask)

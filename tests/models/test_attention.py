@@ -89,6 +89,42 @@ def test_every_backend_on_cuda_in_fp16_matches_the_dense_reference(backend, toke
     assert error <= HALF_PRECISION_BOUNDS[torch.float16], f"{backend}: max |Δ| {error:.2e}"
 
 
+def _gradients(attention, q, k, v, weights):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    (attention(*leaves) * weights).sum().backward()
+    return [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("backend", ["gather", "sdpa_mask"])
+def test_backends_that_train_on_the_cpu_give_the_dense_gradients(backend):
+    q, k, v = _qkv(2, 2, 48, 8, seed=3)
+    weights = _qkv(2, 2, 48, 8, seed=4)[0]
+    mask = torch.rand(2, 48, generator=torch.Generator().manual_seed(5)) > 0.5
+    expected = _gradients(lambda *t: dense_region_attention(*t, mask, 8**-0.5), q, k, v, weights)
+    actual = _gradients(lambda *t: region_attention(*t, mask, 8**-0.5, backend=backend), q, k, v, weights)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_refuses_to_train_on_the_cpu_with_a_clear_error():
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 16, 8))
+    with pytest.raises(ConfigError, match="attention_backend=gather or sdpa_mask"):
+        region_attention(q, k, v, torch.rand(1, 16) > 0.5, 8**-0.5, backend="flex")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ATTENTION_BACKENDS)
+def test_every_backend_on_cuda_gives_the_dense_gradients(backend):
+    # float32 (matmuls without TF32, torch's default), 32² tokens, SD2.1's head size: training runs through here.
+    q, k, v = (t.cuda() for t in _qkv(2, 5, 1024, 64, seed=3))
+    weights = _qkv(2, 5, 1024, 64, seed=4)[0].cuda()
+    mask = _disc_mask(32).cuda()
+    expected = _gradients(lambda *t: dense_region_attention(*t, mask, 64**-0.5), q, k, v, weights)
+    actual = _gradients(lambda *t: region_attention(*t, mask, 64**-0.5, backend=backend), q, k, v, weights)
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_backends_share_one_mask_per_grid_within_a_forward():
     q, k, v = _qkv(2, 2, 24, 8)
     focus = FocusRegions(torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(5)) > 0.5)
