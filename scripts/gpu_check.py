@@ -14,7 +14,7 @@ with less of ``--budget`` left than it needs is skipped and recorded as such; on
   inference    ``benchmark.py inference``: a tiled 2048×1536 image through MagicBokehPipeline (512-px tiles)
   degradation  ``benchmark.py degradation``: Real-ESRGAN degradations on the device
 
-``--device cpu --quick`` is the dry run: the same steps with the same code at toy sizes. Every benchmark writes its
+``--device cpu --quick`` is the dry run: the same steps with the same code at toy sizes, in float32. Every benchmark writes its
 own results file into ``--results-dir`` (``$MAGICBOKEH_RESULTS_DIR`` for the children); this script adds
 ``gpu_check.json`` (each step's status, time, results files and the test counts, with the environment) and
 ``gpu_check.log`` (everything printed). When ``$OUT`` is set, the log, the summary and a ``.tar.gz`` of the results
@@ -90,6 +90,9 @@ def plan(device: str, quick: bool, junit_xml: Path) -> list[Step]:
     slack = 1 if cuda else 8
     tests = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit_xml}"]
     if quick:
+        # In float32: bf16 autocast and half-precision weights are emulated on most CPUs (one SD2.1-sized bf16
+        # training step at 64² took ~8 minutes on a 2-core CPU); the autocast + GradScaler code path is covered by
+        # tests/training/test_benchmark.py, the half-precision forward by the precision tests.
         model = ["--tokens", "256", "64", "--repeats", "1", "--size", "64", "--full-repeats", "1"]
         training = ["--sd21-size", "64", "--sd21-steps", "1", "--steps", "1", "--mixed-precision", "no"]
         speed = ["--arch", "sd21", "--size", "64", "--repeats", "1", "--warmup", "0"]

@@ -292,7 +292,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--results", default="model", help="results file name under results/ ('' = write none)")
+    parser.add_argument("--results", default="model", help="results file name under results/ ('none': write none)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -324,7 +324,7 @@ def main(argv: list[str]) -> int:
         backend = args.attention_backend or picked
         forward = full_forward_benchmark(args.size, args.full_repeats, device, dtype, backend)
         print_full_forward_result(forward, device, dtype)
-    if args.results:
+    if args.results.strip().lower() not in ("", "none"):
         path = write_benchmark_results(args.results, attention, default_check, forward, device, dtype)
         print(f"\nresults: {path}")
     return 0

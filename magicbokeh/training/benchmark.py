@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--attention-backend", default=None, help="FAMA backend (default: the model config's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--results", default="training", help="results file name under results/ ('' = write none)")
+    parser.add_argument("--results", default="training", help="results file name under results/ ('none': write none)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.sd21_steps < 1:
         raise ParameterError("--steps and --sd21-steps must be ≥ 1")
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
                 f"{row['steps_per_second']:8.4f} steps/s ({row['vs_smoke_step']:.0f}× the smoke step"
                 f"{_memory_text(row, device)})"
             )
-    if args.results:
+    if args.results.strip().lower() not in ("", "none"):
         path = _write_results(args.results, rows, device, precision, cfg.model.attention_backend)
         print(f"results: {path}")
     return 0
