@@ -14,11 +14,11 @@ with less of ``--budget`` left than it needs is skipped and recorded as such; on
   inference    ``benchmark.py inference``: a tiled 2048×1536 image through MagicBokehPipeline (512-px tiles)
   degradation  ``benchmark.py degradation``: Real-ESRGAN degradations on the device
 
-``--device cpu --quick`` is the dry run: the same steps with the same code at toy sizes, in float32. Every benchmark writes its
-own results file into ``--results-dir`` (``$MAGICBOKEH_RESULTS_DIR`` for the children); this script adds
-``gpu_check.json`` (each step's status, time, results files and the test counts, with the environment) and
-``gpu_check.log`` (everything printed). When ``$OUT`` is set, the log, the summary and a ``.tar.gz`` of the results
-folder are copied there.
+``--device cpu --quick`` is the dry run: the same steps with the same code at toy sizes, in float32. Every
+benchmark writes its own results file into ``--results-dir`` (``$MAGICBOKEH_RESULTS_DIR`` for the children); this
+script adds ``gpu_check.json`` (each step's status, time, results files and the test counts, with the environment)
+and ``gpu_check.log`` (everything printed). When ``$OUT`` is set, the log, the summary and a ``.tar.gz`` of the
+results folder are copied there.
 """
 
 from __future__ import annotations
