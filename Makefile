@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install browser smoke test test-fast lint lock clean-venv
+.PHONY: install browser smoke test test-fast lint lock clean-venv gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,23 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+## The GPU check (scripts/gpu_check.sh): gpu-marked tests and every benchmark on a CUDA device, figures in results/gpu/.
+## On the GPU machine: make gpu-check (its own python3). Dry run here: make gpu-check PYTHON=.venv/bin/python
+## GPU_CHECK_ARGS="--device cpu --quick".
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+## Wheels for a Python 3.12 x86-64 machine that has torch, accelerate, transformers, OpenCV, scikit-image, pytest, ...
+## but not the packages below (and no registry): the exact versions of constraints.txt, into .whl/ (git-ignored).
+## antlr4-python3-runtime 4.9.3 (omegaconf's parser) exists only as a source archive: its pure-Python wheel is built.
+GPU_WHEEL_PACKAGES := diffusers hydra-core omegaconf peft
+GPU_WHEEL_PLATFORMS := $(foreach n,2_28 2_27 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_WHEEL_PLATFORMS) --platform any -d .whl \
+	  $$(for p in $(GPU_WHEEL_PACKAGES); do grep -i "^$$p==" constraints.txt; done)
+	$(PYTHON) -m pip wheel --no-deps --no-binary=:all: -w .whl $$(grep -i '^antlr4-python3-runtime==' constraints.txt)
+	@ls -l .whl && du -sh .whl

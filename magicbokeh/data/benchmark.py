@@ -1,6 +1,6 @@
 """Degradation throughput: degraded 512×512 samples per second on one CPU core.
 
-Run as ``python scripts/benchmark.py degradation [--size 512 --samples 40]``.
+Run as ``python scripts/benchmark.py degradation [--size 512 --samples 40] [--device cuda]``.
 
 Data loading must never starve a GPU: OSEDiff degrades inside ``__getitem__`` on the CPU, so one loader worker (one
 core) must deliver at least ``--target`` samples/s (default 4). The run pins torch and OpenCV to one thread, degrades
@@ -8,6 +8,8 @@ public-domain photos from scikit-image (512 crops: real image statistics matter:
 number of distinct levels), and prints each preset's rate and its ratio against a bicubic ×4 down/up baseline measured
 in the same run, plus the ratio to the target. The last row times a whole ``SRFolderDataset`` sample (PNG decode of a
 1024-px photo, crop, flip, ``realesrgan`` degradation), i.e. what one loader worker really delivers.
+``--device cuda`` degrades on the GPU instead (images and random generators there; JPEG still goes through
+OpenCV on the CPU), with the bicubic baseline on the same device; the dataset row is a CPU loader's and is left out.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from magicbokeh.data.degradations import RealESRGANDegradation, add_resize
 from magicbokeh.data.io import write_image
 from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import compose_config
+from magicbokeh.utils.devices import parse_device, synchronize
 from magicbokeh.utils.logging import get_logger
 from magicbokeh.utils.seeding import sample_generator
 
@@ -49,12 +52,14 @@ def _photos(size: int) -> list[torch.Tensor]:
     return photos
 
 
-def _rate(sample: Callable[[int], object], samples: int) -> float:
+def _rate(sample: Callable[[int], object], samples: int, device: torch.device = torch.device("cpu")) -> float:
     """Samples per second of ``sample(i)`` for i = 0..samples−1, after one warm-up call (allocator, codec tables)."""
     sample(samples)
+    synchronize(device)
     start = time.perf_counter()
     for index in range(samples):
         sample(index)
+    synchronize(device)
     return samples / (time.perf_counter() - start)
 
 
@@ -73,6 +78,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--target", type=float, default=4.0, help="required samples/s/core")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the degradations run (cpu, cuda, ...)")
     args = parser.parse_args(argv)
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
@@ -86,16 +92,18 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    photos = _photos(args.size)
+    device = parse_device(args.device)
+    photos = [photo.to(device) for photo in _photos(args.size)]
 
     def bicubic_x4(index: int) -> torch.Tensor:
         image = photos[index % len(photos)]
         height, width = image.shape[-2:]
         return add_resize(add_resize(image, (height // 4, width // 4), "bicubic"), (height, width), "bicubic")
 
-    baseline = _rate(bicubic_x4, args.samples)
+    baseline = _rate(bicubic_x4, args.samples, device)
     print(
         f"degradation throughput, {args.size}×{args.size}, 1 core (torch {torch.__version__}), {args.samples} samples"
+        + ("" if device.type == "cpu" else f", on {device}")
     )
     print(f"{'row':<12}{'samples/s/core':>16}{'ms/sample':>12}{'vs bicubic':>12}{'vs target':>12}")
     print(_row("bicubic x4", baseline, baseline, args.target))
@@ -103,16 +111,21 @@ def _run(args: argparse.Namespace) -> int:
     for preset in args.presets:
         degradation = _instantiate(preset)
         rates[preset] = _rate(
-            lambda index, d=degradation: d(photos[index % len(photos)], sample_generator(args.seed, index)),
+            lambda index, d=degradation: d(
+                photos[index % len(photos)], sample_generator(args.seed, index, device=device)
+            ),
             args.samples,
+            device,
         )
         print(_row(preset, rates[preset], baseline, args.target))
-    with tempfile.TemporaryDirectory() as folder:
-        for number, photo in enumerate(_photos(2 * args.size)):
-            write_image(Path(folder) / f"{number}.png", photo[0])
-        dataset = SRFolderDataset(folder, crop_size=args.size, degradation=_instantiate("realesrgan"), seed=args.seed)
-        rates["sr dataset"] = _rate(dataset.__getitem__, args.samples)
-        print(_row("sr dataset", rates["sr dataset"], baseline, args.target))
+    if device.type == "cpu":
+        with tempfile.TemporaryDirectory() as folder:
+            for number, photo in enumerate(_photos(2 * args.size)):
+                write_image(Path(folder) / f"{number}.png", photo[0])
+            degradation = _instantiate("realesrgan")
+            dataset = SRFolderDataset(folder, crop_size=args.size, degradation=degradation, seed=args.seed)
+            rates["sr dataset"] = _rate(dataset.__getitem__, args.samples)
+            print(_row("sr dataset", rates["sr dataset"], baseline, args.target))
     # The target is on the degradation itself; the dataset row adds file decoding, which depends on the storage format.
     gated = {name: rate for name, rate in rates.items() if name not in ("none", "sr dataset")}
     slowest = min(gated, key=gated.get)

@@ -16,8 +16,11 @@ Steps for one image (DESIGN §1 "inference", REFERENCE §1.7):
 the official inference step for step (8-bit disparity and output, its tile weights, its focus rules, scale 1, K 32,
 images of at least 512 × 512).
 
-Precision: ``"auto"`` is fp16 on a GPU and fp32 on the CPU (half-precision convolutions on the CPU are slow or
-unsupported, so asking for them there is an error).
+Precision: ``"auto"`` is fp16 on a GPU and fp32 on the CPU. ``precision`` sets the network's weights and
+arithmetic only: tiles reach the network in float32 (it casts them itself, after its own range conversions), so the
+defocus map and its in-focus threshold, the tile accumulator and the colour-fix statistics stay float32 whatever the
+network precision. bf16 is allowed on the CPU (native on CPUs with AMX/AVX512-BF16, emulated and slower than fp32
+elsewhere; it lets reduced-precision numerics be checked without a GPU); fp16 needs a GPU.
 """
 
 from __future__ import annotations
@@ -48,14 +51,14 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto|fp32|fp16|bf16`` → dtype: auto is fp16 on CUDA and fp32 elsewhere; half precision needs a GPU."""
+    """``auto|fp32|fp16|bf16`` → dtype: auto is fp16 on CUDA and fp32 elsewhere; fp16 needs a GPU."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
         raise ParameterError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
     dtype = PRECISIONS[precision]
-    if dtype != torch.float32 and device.type == "cpu":
-        raise ParameterError(f"precision={precision} needs a GPU; on the CPU use precision=fp32 (or auto)")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ParameterError(f"precision={precision} needs a GPU; on the CPU use precision=fp32 (or auto, or bf16)")
     return dtype
 
 
@@ -309,7 +312,8 @@ class MagicBokehPipeline(BokehPipeline):
 
     Args:
         model: ``model(lq_images B×3×h×w [0, 1], defocus B×1×h×w) -> images``; its ``stride`` attribute (default
-            1) is the multiple the tile must be.
+            1) is the multiple the tile must be. Inputs arrive in float32 whatever ``precision`` (the model casts
+            them to its own dtype, as :class:`~magicbokeh.models.MagicBokehModel` does).
         depth_model, saliency_model: see :class:`BokehPipeline`.
         preset: ``"default"`` (ours) or ``"release"`` (the official inference exactly; it fixes the tiling and the
             colour fix to the release's 512/256/adain, so other values are an error), or an
@@ -392,7 +396,10 @@ class MagicBokehPipeline(BokehPipeline):
                 model_stride=self.model_stride,
                 tile_batch_size=self.tile_batch_size,
                 device=self.device,
-                dtype=self.dtype,
+                # float32 tiles whatever the network precision: the model casts its inputs after converting their
+                # range, and the in-focus threshold (defocus ≤ 0.1) is decided on float32 values (in bf16, 0.1002
+                # rounds to 0.1001 = bf16(0.1) and flips a whole out-of-focus plateau into focus).
+                dtype=torch.float32,
                 blend=self.preset.blend,
                 pad_to_tile=self.pad_small_to_tile,
                 progress=self.progress,

@@ -7,9 +7,20 @@ In every self-attention (``attn1``) of the UNet up blocks the released model add
     h₂ = softmax(Q′ K′ᵀ/√d + M) V′,   M_ij = 0 if tokens i, j are in the same region, −∞ otherwise
     out = to_out(h₁) + s·B_o A_o h₂,  s = α / r
 
-The regions are "in focus" (defocus ≤ 0.1) and "out of focus". Because M only separates two sets, h₂ is exactly
-ordinary attention computed inside each set: we gather the tokens of each region and run
-``scaled_dot_product_attention`` on each, so no N×N bias is ever built (O(N₁² + N₂²) work, flash-style memory).
+The regions are "in focus" (defocus ≤ 0.1) and "out of focus". Three interchangeable backends compute h₂
+(:data:`ATTENTION_BACKENDS`; ``build_model(attention_backend=...)``, :func:`set_attention_backend`):
+
+* ``gather`` (default): because M only separates two sets, h₂ is ordinary attention inside each set. Each sample's
+  tokens are gathered by region and ``scaled_dot_product_attention`` runs on each set, so no N×N tensor is ever
+  built (O(N₁² + N₂²) work, flash-style memory). A Python loop over samples with one host sync each.
+* ``sdpa_mask``: one batched ``scaled_dot_product_attention`` call with the boolean ``B×1×N×N`` "same region" mask
+  (N² bytes per sample; no loop, no sync; O(N²) work).
+* ``flex``: torch's ``flex_attention`` with a ``BlockMask``. Tokens are first sorted by region (per sample, in one
+  batched gather) so that the mask is two dense diagonal blocks and the kernel skips every cross-region block of
+  128×128 tokens; the result is scattered back to raster order. Compiled with ``torch.compile`` on CUDA; elsewhere
+  torch runs its eager reference path, which materialises the full score matrix (correct, slow: for tests) and has
+  no backward (training with it off CUDA is a :class:`ConfigError`).
+
 :func:`dense_region_attention` is the literal formula with an explicit −∞ bias, kept as the reference for tests
 and the benchmark. (The release adds −100, a finite stand-in for −∞; the difference is below e⁻¹⁰⁰ per weight.)
 
@@ -20,6 +31,9 @@ immutable argument, so concurrent forwards never share state and no processor at
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +44,9 @@ from magicbokeh.errors import ConfigError, InvalidInputError
 
 FOCUS_KWARG = "focus"
 """Name of the ``cross_attention_kwargs`` entry that carries the :class:`FocusRegions` of the current forward."""
+ATTENTION_BACKENDS = ("gather", "sdpa_mask", "flex")
+"""How FAMA's masked branch is computed (module docstring); all equal :func:`dense_region_attention`."""
+DEFAULT_ATTENTION_BACKEND = "gather"
 
 
 class FocusRegions:
@@ -47,6 +64,7 @@ class FocusRegions:
             )
         self.in_focus = in_focus
         self._token_masks: dict[int, torch.Tensor] = {}
+        self._derived: dict[Any, Any] = {}
 
     def grid(self, num_tokens: int) -> tuple[int, int]:
         """The ``(h, w)`` latent grid of a layer with ``num_tokens`` tokens."""
@@ -67,18 +85,47 @@ class FocusRegions:
             self._token_masks[num_tokens] = small.flatten(1)
         return self._token_masks[num_tokens]
 
+    def derived(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``build()`` once per ``key`` for this forward: a backend's mask is shared by the layers of one grid."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
+
+
+def check_attention_backend(backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        choices = ", ".join(ATTENTION_BACKENDS)
+        raise ConfigError(f"unknown FAMA attention backend '{backend}'; expected one of {choices}")
+    return backend
+
 
 def region_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, token_mask: torch.Tensor | None, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    token_mask: torch.Tensor | None,
+    scale: float,
+    backend: str = DEFAULT_ATTENTION_BACKEND,
+    regions: FocusRegions | None = None,
 ) -> torch.Tensor:
-    """softmax(QKᵀ·scale + M)V for ``B×heads×N×d`` tensors, M = 0 within a region and −∞ across (efficient).
+    """softmax(QKᵀ·scale + M)V for ``B×heads×N×d`` tensors, M = 0 within a region and −∞ across.
 
-    ``token_mask`` is a boolean ``B×N`` (True = in focus) or None (no mask). Each sample's tokens are sorted by
-    region, each region attends only to itself with ``scaled_dot_product_attention``, and the result is put back
-    in the original order. A sample whose tokens all share one region needs a single unmasked call.
+    ``token_mask`` is a boolean ``B×N`` (True = in focus) or None (no mask: one unmasked SDPA call, every backend).
+    ``backend`` is one of :data:`ATTENTION_BACKENDS` (module docstring). ``regions``, when given, caches the
+    backend's mask for the other layers of the same forward.
     """
     if token_mask is None:
         return F.scaled_dot_product_attention(query, key, value, scale=scale)
+    check_attention_backend(backend)
+    if backend == "sdpa_mask":
+        return _masked_sdpa(query, key, value, token_mask, scale, regions)
+    if backend == "flex":
+        return _flex_region_attention(query, key, value, token_mask, scale, regions)
+    return _gathered_region_attention(query, key, value, token_mask, scale)
+
+
+def _gathered_region_attention(query, key, value, token_mask, scale) -> torch.Tensor:
+    """Each sample's tokens sorted by region, each region attending only to itself (no N×N tensor)."""
     outputs = []
     for sample in range(query.shape[0]):
         q, k, v = query[sample : sample + 1], key[sample : sample + 1], value[sample : sample + 1]
@@ -97,6 +144,75 @@ def region_attention(
         ]
         outputs.append(torch.cat(parts, dim=2)[:, :, torch.argsort(order)])
     return torch.cat(outputs, dim=0)
+
+
+def _same_region(token_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean ``B×1×N×N``: True where query and key tokens share a region (SDPA's "may attend")."""
+    return token_mask[:, None, :, None] == token_mask[:, None, None, :]
+
+
+def _masked_sdpa(query, key, value, token_mask, scale, regions) -> torch.Tensor:
+    num_tokens = token_mask.shape[1]
+    if regions is None:
+        same_region = _same_region(token_mask)
+    else:
+        same_region = regions.derived(("sdpa_mask", num_tokens, token_mask.device), lambda: _same_region(token_mask))
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=same_region, scale=scale)
+
+
+_compiled_flex_attention: Callable | None = None
+
+
+def _flex_kernel(device: torch.device) -> Callable:
+    """``flex_attention`` compiled once per process on CUDA (its fused kernel); the eager reference elsewhere."""
+    global _compiled_flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex_attention
+
+
+def _sorted_block_mask(token_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Per-sample region sort order ``B×N`` and the ``BlockMask`` of the sorted tokens."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, num_tokens = token_mask.shape
+    # Stable: out-of-focus tokens first, then in-focus ones, raster order kept inside each region.
+    order = torch.argsort(token_mask.to(torch.uint8), dim=1, stable=True)
+    sorted_in_focus = token_mask.gather(1, order)
+
+    def same_region(b, h, q_index, kv_index):
+        return sorted_in_focus[b, q_index] == sorted_in_focus[b, kv_index]
+
+    block_mask = create_block_mask(same_region, batch, None, num_tokens, num_tokens, device=token_mask.device)
+    return order, block_mask
+
+
+def _flex_region_attention(query, key, value, token_mask, scale, regions) -> torch.Tensor:
+    if query.device.type != "cuda" and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        raise ConfigError(
+            "the flex FAMA backend cannot train off CUDA (torch's flex_attention has no CPU backward); "
+            "use model.attention_backend=gather or sdpa_mask"
+        )
+    num_tokens = token_mask.shape[1]
+    if regions is None:
+        order, block_mask = _sorted_block_mask(token_mask)
+    else:
+        cache_key = ("flex", num_tokens, token_mask.device)
+        order, block_mask = regions.derived(cache_key, lambda: _sorted_block_mask(token_mask))
+
+    def token_index(tensor: torch.Tensor) -> torch.Tensor:
+        return order[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3])
+
+    sorted_qkv = [tensor.gather(2, token_index(tensor)) for tensor in (query, key, value)]
+    with warnings.catch_warnings():
+        # Off CUDA the eager path is the documented choice (module docstring), not an accident to warn about.
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        out = _flex_kernel(query.device)(*sorted_qkv, block_mask=block_mask, scale=scale)
+    return torch.empty_like(out).scatter_(2, token_index(out), out)
 
 
 def dense_region_attention(
@@ -134,13 +250,15 @@ class FocusAwareAttnProcessor(nn.Module):
     Call signature is the diffusers processor one plus ``focus`` (a :class:`FocusRegions`, or None for "no mask":
     the ``ablation_no_fama`` variant and any caller without a defocus map). ``__call__`` is overridden, as in
     diffusers' own ``nn.Module`` processors, so diffusers sees the ``focus`` parameter and forwards it.
+    ``backend`` (one of :data:`ATTENTION_BACKENDS`) only changes how h₂ is computed, never its value.
     """
 
-    def __init__(self, hidden_size: int, rank: int, alpha: float = 1.0):
+    def __init__(self, hidden_size: int, rank: int, alpha: float = 1.0, backend: str = DEFAULT_ATTENTION_BACKEND):
         super().__init__()
         if rank < 1:
             raise ConfigError(f"bokeh LoRA rank must be ≥ 1, got {rank}")
         self.hidden_size, self.rank, self.alpha = hidden_size, rank, alpha
+        self.backend = check_attention_backend(backend)
         self.to_q_lora = _lora_pair(hidden_size, rank)
         self.to_k_lora = _lora_pair(hidden_size, rank)
         self.to_v_lora = _lora_pair(hidden_size, rank)
@@ -183,7 +301,9 @@ class FocusAwareAttnProcessor(nn.Module):
         key2 = key + s * self.to_k_lora(hidden_states)
         value2 = value + s * self.to_v_lora(hidden_states)
         token_mask = None if focus is None else focus.token_mask(tokens).to(query.device)
-        h2 = region_attention(heads(query2), heads(key2), heads(value2), token_mask, attn.scale)
+        h2 = region_attention(
+            heads(query2), heads(key2), heads(value2), token_mask, attn.scale, backend=self.backend, regions=focus
+        )
 
         out = attn.to_out[0](merge(h1).to(query.dtype)) + s * self.to_out_lora(merge(h2).to(query.dtype))
         out = attn.to_out[1](out)
@@ -214,7 +334,9 @@ def is_fama_layer(processor_name: str) -> bool:
     return processor_name.startswith("up_blocks.") and processor_name.endswith("attn1.processor")
 
 
-def install_focus_processors(unet: nn.Module, rank: int, alpha: float) -> list[str]:
+def install_focus_processors(
+    unet: nn.Module, rank: int, alpha: float, backend: str = DEFAULT_ATTENTION_BACKEND
+) -> list[str]:
     """Put a fresh :class:`FocusAwareAttnProcessor` on every up-block ``attn1`` and a focus-ignoring stock processor
     everywhere else; returns the FAMA processor names (``up_blocks.….attn1.processor``)."""
     layers = {name: module for name, module in unet.named_modules() if isinstance(module, Attention)}
@@ -222,7 +344,7 @@ def install_focus_processors(unet: nn.Module, rank: int, alpha: float) -> list[s
     for name, module in layers.items():
         processor_name = f"{name}.processor"
         if is_fama_layer(processor_name):
-            processors[processor_name] = FocusAwareAttnProcessor(module.to_q.in_features, rank, alpha)
+            processors[processor_name] = FocusAwareAttnProcessor(module.to_q.in_features, rank, alpha, backend)
             fama.append(processor_name)
         else:
             processors[processor_name] = FocusIgnoringAttnProcessor()
@@ -230,3 +352,21 @@ def install_focus_processors(unet: nn.Module, rank: int, alpha: float) -> list[s
         raise ConfigError("the UNet has no up-block self-attention: FAMA needs CrossAttnUpBlock2D up blocks")
     unet.set_attn_processor(processors)
     return fama
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> int:
+    """Switch every FAMA processor inside ``module`` (a model or its UNet) to ``backend``; returns how many.
+
+    The backend changes no weight, so a checkpoint loads under any of them. A model's ``config`` (what
+    ``save_pretrained`` records) is updated too.
+    """
+    check_attention_backend(backend)
+    processors = [m for m in module.modules() if isinstance(m, FocusAwareAttnProcessor)]
+    if not processors:
+        raise ConfigError(f"{type(module).__name__} has no FAMA processors to switch")
+    for processor in processors:
+        processor.backend = backend
+    config = getattr(module, "config", None)
+    if isinstance(config, dict) and "attention_backend" in config:
+        config["attention_backend"] = backend
+    return len(processors)

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from magicbokeh.errors import ConfigError, missing_weights
 from magicbokeh.models import surgery
-from magicbokeh.models.attention import install_focus_processors
+from magicbokeh.models.attention import DEFAULT_ATTENTION_BACKEND, check_attention_backend, install_focus_processors
 from magicbokeh.models.controlnet import build_defocus_controlnet
 from magicbokeh.models.lora import add_unet_sr_lora, add_vae_encoder_lora
 from magicbokeh.models.model import MagicBokehModel
@@ -118,6 +118,7 @@ def build_model(
     bokeh_lora_rank: int = 64,
     bokeh_lora_alpha: float = 1.0,
     use_focus_mask: bool = True,
+    attention_backend: str = DEFAULT_ATTENTION_BACKEND,
     gradient_checkpointing: bool = False,
     timestep: int = 999,
 ) -> MagicBokehModel:
@@ -128,8 +129,11 @@ def build_model(
     network (tests, smoke run, benchmark). LoRA scales are ``alpha / rank``; the defaults of the VAE and UNet
     adapters (rank 4, alpha 8) are those the release trained with (peft's default alpha, OSEDiff's rank).
     ``name`` only labels the configuration (logs, checkpoints). ``use_focus_mask=False`` keeps the bokeh-LoRA
-    branch but without the region mask (``ablation_no_fama``).
+    branch but without the region mask (``ablation_no_fama``). ``attention_backend`` picks how FAMA's masked branch
+    is computed (``gather``, ``sdpa_mask`` or ``flex``; see :mod:`magicbokeh.models.attention`): the same values
+    and weights, a different speed and memory per device.
     """
+    check_attention_backend(attention_backend)
     config = _plain(
         {
             "name": name,
@@ -146,6 +150,7 @@ def build_model(
             "bokeh_lora_rank": bokeh_lora_rank,
             "bokeh_lora_alpha": bokeh_lora_alpha,
             "use_focus_mask": use_focus_mask,
+            "attention_backend": attention_backend,
             "gradient_checkpointing": gradient_checkpointing,
             "timestep": timestep,
         }
@@ -170,7 +175,7 @@ def build_model(
             surgery.prune_mid_block(module)
     add_unet_sr_lora(unet, unet_lora_rank, unet_lora_alpha)
     add_vae_encoder_lora(vae, vae_lora_rank, vae_lora_alpha)
-    install_focus_processors(unet, bokeh_lora_rank, bokeh_lora_alpha)
+    install_focus_processors(unet, bokeh_lora_rank, bokeh_lora_alpha, attention_backend)
 
     model = MagicBokehModel(
         vae=vae,

@@ -155,7 +155,9 @@ class MagicBokehModel(nn.Module):
         down_residuals, mid_residual = self.controlnet(
             latents, timesteps, encoder_hidden_states=context, controlnet_cond=condition, return_dict=False
         )
-        focus = FocusRegions(in_focus_mask(defocus)) if self.use_focus_mask else None
+        # The in-focus rule on float32 values whatever the caller's dtype: in bf16 a defocus of 0.1002 rounds to
+        # bf16(0.1) and a whole out-of-focus plateau would count as in focus.
+        focus = FocusRegions(in_focus_mask(defocus.float())) if self.use_focus_mask else None
         return self.unet(
             latents,
             timesteps,
