@@ -16,6 +16,21 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def results_elsewhere(tmp_path_factory):
+    """Benchmarks, studies and the smoke config write results files: a test run must never overwrite the committed
+    ones under results/ (the README check reads those by path). Subprocesses inherit the variable."""
+    from magicbokeh.utils.results import RESULTS_DIR_ENV
+
+    previous = os.environ.get(RESULTS_DIR_ENV)
+    os.environ[RESULTS_DIR_ENV] = str(tmp_path_factory.mktemp("results"))
+    yield os.environ[RESULTS_DIR_ENV]
+    if previous is None:
+        os.environ.pop(RESULTS_DIR_ENV, None)
+    else:
+        os.environ[RESULTS_DIR_ENV] = previous
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

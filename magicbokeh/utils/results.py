@@ -102,9 +102,7 @@ def _format_cell(value: Any, fmt: str) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, check=True
-        )
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
@@ -193,6 +191,21 @@ def write_results(
     target = path / f"{name}.json"
     atomic_write_text(target, json.dumps(document, indent=1, allow_nan=False) + "\n")
     return target
+
+
+def add_results_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--results NAME``: the results file a benchmark or study writes (``results/NAME.json``); ``none`` skips it."""
+    parser.add_argument(
+        "--results",
+        default=default,
+        metavar="NAME",
+        help=f"write the figures to results/NAME.json (default {default}; 'none': do not write)",
+    )
+
+
+def chosen_results_name(value: str | None) -> str | None:
+    """The ``--results`` value as a results name, or None for ``none`` / empty."""
+    return None if value is None or value.strip().lower() in ("", "none", "null") else value
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from magicbokeh.errors import ConfigError
 from magicbokeh.utils import results
-from magicbokeh.utils.results import REPO_ROOT, Table, main, read_results, render_markdown, write_results
+from magicbokeh.utils.results import (
+    REPO_ROOT,
+    Table,
+    main,
+    read_results,
+    referenced_results,
+    render_markdown,
+    write_results,
+)
 
 
 def _write_example(directory):
@@ -60,7 +69,38 @@ def test_unknown_table_and_bad_names_are_errors(tmp_path):
         write_results("../escape", {}, title="x", out_dir=tmp_path)
 
 
+COMMITTED = REPO_ROOT / "results"
+
+
 def test_readme_tables_agree_with_their_results_files():
-    """Every generated block of the README equals what its results file renders (edit a number: this fails)."""
+    """Every generated block of the README equals what its committed results file renders (edit a number: this
+    fails)."""
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert render_markdown(readme) == readme, "README is out of date: python -m magicbokeh.utils.results README.md"
+    assert referenced_results(readme), "the README has no generated results block"
+    assert render_markdown(readme, COMMITTED) == readme, (
+        "README is out of date: python -m magicbokeh.utils.results README.md"
+    )
+
+
+def test_editing_one_readme_number_fails_the_check():
+    """The check above is not vacuous: change one digit inside the README's first table and it fails."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- results: ")
+    table_row = readme.index("\n| ", start) + 1
+    digit = re.search(r"\d", readme[table_row:]).start() + table_row
+    edited = readme[:digit] + str((int(readme[digit]) + 1) % 10) + readme[digit + 1 :]
+    assert render_markdown(edited, COMMITTED) != edited
+
+
+@pytest.mark.parametrize("path", sorted(COMMITTED.glob("*.json")), ids=lambda path: path.stem)
+def test_committed_results_files_say_how_they_were_made(path):
+    """Each file under results/ names its command, a clean commit, its hardware and versions."""
+    document = read_results(path.stem, COMMITTED)
+    assert document["name"] == path.stem and document["title"]
+    assert document["command"].startswith("python "), document["command"]
+    env = document["environment"]
+    # Made from a committed tree: the commit describes the code that produced the figures.
+    assert env["commit"] and len(env["commit"]) == 40 and env["dirty"] is False
+    assert env["versions"]["torch"] and env["cpu_cores"] >= 1
+    for table in document["tables"].values():
+        Table.from_json(table).markdown()  # every table renders
