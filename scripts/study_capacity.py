@@ -69,7 +69,7 @@ def mean_psnr(model: nn.Module | None, dataset, device: torch.device, batch_size
 
 def run_scale(args: argparse.Namespace, scale: int, device: torch.device) -> dict:
     """Train one CNN at ``scale`` and score it and the input on the validation and test SR sets."""
-    cfg = compose_config("train", ["experiment=smoke", f"degradation.scale={scale}"])
+    cfg = compose_config("train", ["experiment=smoke", *args.override, f"degradation.scale={scale}"])
     seed_everything(args.seed)  # the CNN's initial weights
     model = ResidualCNN(args.convs, args.channels).to(device)
     stream = BatchStream(instantiate(cfg.data.sr_train), args.batch_size, seed=int(cfg.seed))
@@ -112,6 +112,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the CNN's initial weights (the data follow the smoke)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override of the smoke config the data come from (repeatable)",
+    )
     add_results_option(parser, "study_capacity")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_every < 1 or args.convs < 2 or args.channels < 1:
@@ -125,19 +132,25 @@ def main(argv: list[str]) -> int:
     rows = []
     for run in runs:
         for name, score in run["scores"].items():
-            rows.append([f"×{run['scale']}", name, score["size"], score["input"], score["cnn"],
-                         score["cnn"] - score["input"]])  # fmt: skip
-    table = Table(["scale", "set", "crops", "upsampled input", "small CNN", "CNN − input"], rows,
-                  ["", "", "d", ".2f", ".2f", "+.2f"])  # fmt: skip
+            rows.append(
+                [f"×{run['scale']}", name, score["size"], score["input"], score["cnn"], score["cnn"] - score["input"]]
+            )
+    table = Table(
+        ["scale", "set", "crops", "upsampled input", "small CNN", "CNN − input"],
+        rows,
+        ["", "", "d", ".2f", ".2f", "+.2f"],
+    )
     print("\nSR PSNR (dB) of a small CNN trained for the task, on the smoke's 32 px crops:\n" + table.markdown())
     name = chosen_results_name(args.results)
     if name:
         settings = {key: value for key, value in vars(args).items() if key != "results"}
         path = write_results(
-            name, {"settings": settings, "runs": runs, "seconds": time.perf_counter() - started},
+            name,
+            {"settings": settings, "runs": runs, "seconds": time.perf_counter() - started},
             title="small residual CNN trained directly for SR on the smoke's 32 px crops, per Real-ESRGAN scale",
-            tables={"psnr": table}, seed=args.seed,
-        )  # fmt: skip
+            tables={"psnr": table},
+            seed=args.seed,
+        )
         print(f"wrote {path}")
     return 0
 

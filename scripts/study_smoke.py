@@ -60,12 +60,16 @@ def evaluation_sets(cfg, larger_seeds: tuple[int, int], larger_length: int) -> d
         "validation": (cfg.data.val_bokeh, cfg.data.val_sr, {}),
         "test": (cfg.data.test_bokeh, cfg.data.test_sr, {}),
         f"validation-like, seed {larger_seeds[0]}": (
-            cfg.data.val_bokeh, cfg.data.val_sr, {"seed": larger_seeds[0], "length": larger_length}
+            cfg.data.val_bokeh,
+            cfg.data.val_sr,
+            {"seed": larger_seeds[0], "length": larger_length},
         ),
         f"test-like, seed {larger_seeds[1]}": (
-            cfg.data.test_bokeh, cfg.data.test_sr, {"seed": larger_seeds[1], "length": larger_length}
+            cfg.data.test_bokeh,
+            cfg.data.test_sr,
+            {"seed": larger_seeds[1], "length": larger_length},
         ),
-    }  # fmt: skip
+    }
     sets = {}
     for name, (bokeh_node, sr_node, changes) in nodes.items():
         datasets = {"bokeh": instantiate(bokeh_node, **changes), "sr": instantiate(sr_node, **changes)}
@@ -88,10 +92,20 @@ def score(model, samples: dict[str, list], color_fix: str, batch_size: int, devi
 @exit_on_user_error
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="study_smoke.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="Hydra override applied to both runs (repeatable), e.g. trainer.max_steps=20")  # fmt: skip
-    parser.add_argument("--larger-seeds", type=int, nargs=2, default=[7001, 7002],
-                        help="base seeds of the larger validation-like and test-like sets")  # fmt: skip
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override applied to both runs (repeatable), e.g. trainer.max_steps=20",
+    )
+    parser.add_argument(
+        "--larger-seeds",
+        type=int,
+        nargs=2,
+        default=[7001, 7002],
+        help="base seeds of the larger validation-like and test-like sets",
+    )
     parser.add_argument("--larger-length", type=int, default=128, help="samples per task in each larger set")
     parser.add_argument("--keep-runs", type=Path, default=None, help="run directories here instead of a temp dir")
     add_results_option(parser, "study_smoke")
@@ -146,16 +160,23 @@ def main(argv: list[str]) -> int:
     name = chosen_results_name(args.results)
     if name:
         figures = {
-            "settings": {"overrides": args.override, "larger_seeds": args.larger_seeds,
-                         "larger_length": args.larger_length, "max_steps": int(base.trainer.max_steps)},
+            "settings": {
+                "overrides": args.override,
+                "larger_seeds": args.larger_seeds,
+                "larger_length": args.larger_length,
+                "max_steps": int(base.trainer.max_steps),
+            },
             "training": training,
             "scores": scores,
             "seconds": time.perf_counter() - started,
-        }  # fmt: skip
+        }
         path = write_results(
-            name, figures, tables=tables, seed=int(base.seed),
+            name,
+            figures,
+            tables=tables,
+            seed=int(base.seed),
             title="smoke recipe vs SR-only training, on the validation, test and larger held-out sets, per colour fix",
-        )  # fmt: skip
+        )
         print(f"wrote {path}")
     return 0
 

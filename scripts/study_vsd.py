@@ -52,6 +52,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="study_vsd.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="SR pre-training steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant, alternating")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override applied to every run (repeatable)",
+    )
     add_results_option(parser, "study_vsd")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1:
@@ -64,28 +71,39 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as run_root:
         for repeat in range(args.repeats):
             for index, (name, extra) in enumerate(variants.items()):
-                seconds[name].append(seconds_per_step(args.steps, extra, run_root, f"r{repeat}_{index}"))
+                run_id = f"r{repeat}_{index}"
+                seconds[name].append(seconds_per_step(args.steps, [*args.override, *extra], run_root, run_id))
                 print(f"{name}, run {repeat + 1}: {seconds[name][-1]:.3f} s/step")
     median = {name: statistics.median(values) for name, values in seconds.items()}
     ratio = median["with VSD"] / median["without VSD"]
-    rows = [[name, args.repeats, median[name], 1 / median[name], median[name] / median["without VSD"]]
-            for name in variants]  # fmt: skip
-    table = Table(["training step", "runs", "s/step (median)", "steps/s", "× without VSD"], rows,
-                  ["", "d", ".3f", ".2f", ".2f"])  # fmt: skip
+    rows = [
+        [name, args.repeats, median[name], 1 / median[name], median[name] / median["without VSD"]] for name in variants
+    ]
+    table = Table(
+        ["training step", "runs", "s/step (median)", "steps/s", "× without VSD"], rows, ["", "d", ".3f", ".2f", ".2f"]
+    )
     print("\nSmoke network, SR pre-training steps:\n" + table.markdown())
     name = chosen_results_name(args.results)
     if name:
         figures = {
-            "settings": {"steps": args.steps, "repeats": args.repeats, "vsd_overrides": VSD_OVERRIDES},
+            "settings": {
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "overrides": args.override,
+                "vsd_overrides": VSD_OVERRIDES,
+            },
             "seconds_per_step": seconds,
             "median_seconds_per_step": median,
             "ratio": ratio,
             "seconds": time.perf_counter() - started,
         }
         path = write_results(
-            name, figures, tables={"step_time": table}, seed=int(compose_config("train", ["experiment=smoke"]).seed),
+            name,
+            figures,
+            tables={"step_time": table},
+            seed=int(compose_config("train", ["experiment=smoke"]).seed),
             title="latent VSD regulariser: training-step time with and without it, smoke network, same run",
-        )  # fmt: skip
+        )
         print(f"wrote {path}")
     return 0
 

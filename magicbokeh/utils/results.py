@@ -6,7 +6,8 @@ A results file (schema 1) holds::
     title        one line: what was measured
     command      the exact command that re-makes the file from a fresh clone
     seed         the seed (null when nothing random is involved)
-    environment  date, code commit and dirty flag, CPU/GPU model, core count, Python/torch/CUDA/library versions
+    environment  date, code commit and dirty flag, CPU/GPU model, core count, load average, Python/torch/CUDA/library
+                 versions
     figures      the numbers, as nested JSON (what tests and other scripts read)
     tables       named tables {columns, rows, formats}: what README blocks render
     notes        optional: how to read the figures (not how they were found)
@@ -139,6 +140,8 @@ def environment() -> dict[str, Any]:
         "dirty": None if status is None else bool(status),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        # 1-, 5- and 15-minute load averages when the figures were written: a busy machine slows every wall time.
+        "load_average": [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
         "cuda": torch.version.cuda,
@@ -238,8 +241,9 @@ def source_line(document: Mapping[str, Any]) -> str:
     hardware = ", ".join(env["gpus"]) if env.get("gpus") else f"{env['cpu']} ({env['cpu_cores']} cores)"
     commit = (env.get("commit") or "unknown")[:10] + ("+dirty" if env.get("dirty") else "")
     torch_version = env["versions"].get("torch")
+    load = f" · load {env['load_average'][0]:g}" if env.get("load_average") else ""
     return (
-        f"<sub>`results/{document['name']}.json` · `{document['command']}` · {hardware} · torch {torch_version}"
+        f"<sub>`results/{document['name']}.json` · `{document['command']}` · {hardware}{load} · torch {torch_version}"
         f" · commit {commit} · {env['date'][:10]}</sub>\n"
     )
 

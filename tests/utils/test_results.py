@@ -32,7 +32,8 @@ def test_a_results_file_records_command_commit_hardware_and_versions(tmp_path):
     document = json.loads(_write_example(tmp_path).read_text())
     assert document["command"] == "python x.py" and document["seed"] == 3 and document["schema"] == 1
     env = document["environment"]
-    assert set(env) >= {"date", "commit", "dirty", "cpu", "cpu_cores", "gpus", "cuda", "python", "versions"}
+    recorded = {"date", "commit", "dirty", "cpu", "cpu_cores", "load_average", "gpus", "cuda", "python", "versions"}
+    assert set(env) >= recorded
     assert env["versions"]["torch"] and env["cpu_cores"] >= 1
     assert len(env["commit"]) == 40  # the tests run inside the repository's git checkout
     assert read_results("example", tmp_path)["figures"] == {"bokeh": 21.404}
@@ -44,6 +45,7 @@ def test_tables_render_with_their_formats_and_a_source_line(tmp_path):
     rendered = render_markdown(text, tmp_path)
     assert "| bokeh | 21.40 |" in rendered and "| sr | 22.31 |" in rendered and "stale" not in rendered
     assert "`results/example.json` · `python x.py`" in rendered
+    assert " · load " in rendered  # how busy the machine was: wall times depend on it
     assert rendered.startswith("before\n") and rendered.endswith("after\n")
     assert render_markdown(rendered, tmp_path) == rendered  # idempotent
 
