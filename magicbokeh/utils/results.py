@@ -49,10 +49,11 @@ RESULTS_DIR_ENV = "MAGICBOKEH_RESULTS_DIR"
 LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "numpy", "pyiqa")
 # What decides a figure: a modified file here makes the recorded commit not describe the code that ran.
 CODE_PATHS = ("magicbokeh", "scripts", "configs", "data", "pyproject.toml", "constraints.txt", "Makefile")
+# A block may be indented (inside a Markdown list item): its rendered lines take the indentation of its opening line.
 _BLOCK = re.compile(
-    r"(?P<open><!-- results: (?P<name>[A-Za-z0-9_.-]+)#(?P<table>[A-Za-z0-9_.-]+) -->\n)"
-    r"(?P<body>.*?)(?P<close><!-- /results -->)",
-    re.DOTALL,
+    r"^(?P<indent>[ \t]*)(?P<open><!-- results: (?P<name>[A-Za-z0-9_.-]+)#(?P<table>[A-Za-z0-9_.-]+) -->\n)"
+    r"(?P<body>.*?)^[ \t]*(?P<close><!-- /results -->)",
+    re.DOTALL | re.MULTILINE,
 )
 
 
@@ -259,8 +260,10 @@ def render_markdown(text: str, directory: str | os.PathLike | None = None) -> st
     """``text`` with every ``<!-- results: name#table -->`` block re-rendered from its results file."""
 
     def replace(match: re.Match) -> str:
-        body = render_block(match["name"], match["table"], directory)
-        return match["open"] + body + match["close"]
+        indent = match["indent"]
+        lines = render_block(match["name"], match["table"], directory).splitlines(keepends=True)
+        body = "".join(indent + line if line.strip() else line for line in lines)
+        return indent + match["open"] + body + indent + match["close"]
 
     return _BLOCK.sub(replace, text)
 

@@ -50,6 +50,17 @@ def test_tables_render_with_their_formats_and_a_source_line(tmp_path):
     assert render_markdown(rendered, tmp_path) == rendered  # idempotent
 
 
+def test_indented_blocks_render_indented(tmp_path):
+    """A block inside a Markdown list item keeps the item's indentation, so the table stays inside the item."""
+    _write_example(tmp_path)
+    text = "- item:\n\n    <!-- results: example#main -->\n    <!-- /results -->\n- next\n"
+    rendered = render_markdown(text, tmp_path)
+    block = rendered.split("    <!-- results: example#main -->\n")[1].split("<!-- /results -->")[0]
+    assert all(line.startswith("    ") for line in block.splitlines() if line.strip())
+    assert "    | sr | 22.31 |" in block and rendered.endswith("    <!-- /results -->\n- next\n")
+    assert render_markdown(rendered, tmp_path) == rendered
+
+
 def test_check_fails_when_a_rendered_number_is_edited(tmp_path, monkeypatch):
     _write_example(tmp_path)
     monkeypatch.setenv(results.RESULTS_DIR_ENV, str(tmp_path))
