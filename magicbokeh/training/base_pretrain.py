@@ -1,8 +1,8 @@
 """A stand-in for SD2.1's pretrained VAE when the network is randomly initialised (the tiny smoke model).
 
 MagicBokeh keeps the VAE decoder frozen and only adds LoRA to the encoder, so it relies on a VAE that already
-reconstructs images. A random tiny VAE does not: even the best possible latent decodes to ~16 dB on smooth images,
-below any upsampling baseline. Before the alternating training starts, :func:`fit_autoencoder` therefore fits the
+reconstructs images. A random tiny VAE does not: with its decoder frozen, no latent the encoder could produce would
+decode back to the input. Before the alternating training starts, :func:`fit_autoencoder` therefore fits the
 tiny VAE's *base* weights (encoder + decoder, not the LoRA) as a plain autoencoder on the training targets,
 
     min  MSE(decode(encode(x)), x)
