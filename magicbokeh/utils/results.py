@@ -187,7 +187,7 @@ def write_results(
         "seed": seed,
         "environment": environment(),
         "figures": _jsonable(figures),
-        "tables": {key: table.to_json() for key, table in (tables or {}).items()},
+        "tables": {key: _jsonable(table.to_json()) for key, table in (tables or {}).items()},
     }
     if notes:
         document["notes"] = notes

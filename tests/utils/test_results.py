@@ -72,6 +72,15 @@ def test_check_fails_when_a_rendered_number_is_edited(tmp_path, monkeypatch):
     assert main([str(page)]) == 0 and "22.31" in page.read_text()  # without --check it re-renders
 
 
+def test_missing_values_are_stored_as_null_and_printed_as_a_dash(tmp_path):
+    """A NaN cell (e.g. an initialisation score a resumed run does not have) is valid JSON null and renders "–"."""
+    table = Table(["task", "psnr"], [["bokeh", float("nan")]], ["", ".2f"])
+    write_results("gaps", {"psnr": float("nan")}, title="x", tables={"main": table}, out_dir=tmp_path)
+    document = read_results("gaps", tmp_path)
+    assert document["tables"]["main"]["rows"] == [["bokeh", None]] and document["figures"] == {"psnr": None}
+    assert "| bokeh | – |" in render_markdown("<!-- results: gaps#main -->\n<!-- /results -->\n", tmp_path)
+
+
 def test_unknown_table_and_bad_names_are_errors(tmp_path):
     _write_example(tmp_path)
     with pytest.raises(ConfigError, match="no table 'other'"):
