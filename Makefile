@@ -43,7 +43,7 @@ results: install
 	$(PY) scripts/train.py experiment=smoke
 	$(PY) scripts/benchmark.py degradation
 	$(PY) scripts/benchmark.py renderer
-	$(PY) scripts/benchmark.py speed --size 256 --repeats 1
+	$(PY) scripts/benchmark.py speed --size 256
 	$(PY) scripts/study_capacity.py
 	$(PY) scripts/study_smoke.py
 	$(PY) scripts/study_vsd.py
