@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install browser smoke test test-fast lint lock clean-venv gpu-wheels gpu-check
+.PHONY: install browser smoke test test-fast lint results readme lock clean-venv gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,22 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check magicbokeh scripts tests
+
+## Re-make the results files under results/ (one command each, recorded in the file), then re-render the README.
+## Run it from a committed tree: each file records the commit and whether tracked code was modified.
+results: install
+	$(PY) scripts/train.py experiment=smoke
+	$(PY) scripts/benchmark.py degradation
+	$(PY) scripts/benchmark.py renderer
+	$(PY) scripts/benchmark.py speed --size 256
+	$(PY) scripts/study_capacity.py
+	$(PY) scripts/study_smoke.py
+	$(PY) scripts/study_vsd.py
+	$(PY) -m magicbokeh.utils.results README.md
+
+## Re-render the README's result tables from results/*.json.
+readme: install
+	$(PY) -m magicbokeh.utils.results README.md
 
 ## Re-pin constraints.txt from the current venv.
 lock:

@@ -1,6 +1,8 @@
 """Benchmarks, one subcommand per room: `python scripts/benchmark.py <name> [--help] [options]`.
 
-Each prints ratios against a baseline measured in the same run (never a timed assertion in tests).
+Each prints ratios against a baseline measured in the same run (never a timed assertion in tests) and writes its
+figures to results/<name>.json with the command, commit and hardware (--results NAME to rename, --results none to
+skip; magicbokeh/utils/results.py). The studies of the smoke recipe are scripts/study_*.py.
 
   renderer     classical bokeh renderers vs the brute-force reference          (magicbokeh.data.renderer_benchmark)
   degradation  Real-ESRGAN degradation throughput, samples/s/core             (magicbokeh.data.benchmark)

@@ -2,7 +2,13 @@
 run loads (trainer.base_pretrain.init_from; magicbokeh/training/base_pretrain.py).
 
 python scripts/fit_standin_vae.py experiment=smoke                  # writes data/pretrained/smoke_vae.safetensors
-python scripts/fit_standin_vae.py experiment=smoke standin_vae.steps=2000 standin_vae.out=/tmp/vae.safetensors
+python scripts/fit_standin_vae.py experiment=smoke standin_vae.steps=2000 standin_vae.out=/tmp/vae.safetensors \
+    standin_vae.results_name=null
+
+The file's metadata records this command, the seed, the settings, the degradation, the code commit and library
+versions, and the held-out scores every ``standin_vae.eval_every`` steps; the scores also go to
+``results/<standin_vae.results_name>.json`` (``standin_vae``). Run it from a committed tree, so that the recorded
+commit is the code that fitted the file.
 """
 
 from __future__ import annotations

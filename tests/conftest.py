@@ -23,6 +23,19 @@ def pytest_addoption(parser):
         metavar="PATH",
         help="the demo's browser test also writes its page screenshot here (the README's: docs/images/demo.png)",
     )
+@pytest.fixture(autouse=True, scope="session")
+def results_elsewhere(tmp_path_factory):
+    """Benchmarks, studies and the smoke config write results files: a test run must never overwrite the committed
+    ones under results/ (the README check reads those by path). Subprocesses inherit the variable."""
+    from magicbokeh.utils.results import RESULTS_DIR_ENV
+
+    previous = os.environ.get(RESULTS_DIR_ENV)
+    os.environ[RESULTS_DIR_ENV] = str(tmp_path_factory.mktemp("results"))
+    yield os.environ[RESULTS_DIR_ENV]
+    if previous is None:
+        os.environ.pop(RESULTS_DIR_ENV, None)
+    else:
+        os.environ[RESULTS_DIR_ENV] = previous
 
 
 def pytest_collection_modifyitems(config, items):

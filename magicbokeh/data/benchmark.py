@@ -7,7 +7,8 @@ core) must deliver at least ``--target`` samples/s (default 4). The run pins tor
 public-domain photos from scikit-image (512 crops: real image statistics matter: Poisson noise depends on the
 number of distinct levels), and prints each preset's rate and its ratio against a bicubic ×4 down/up baseline measured
 in the same run, plus the ratio to the target. The last row times a whole ``SRFolderDataset`` sample (PNG decode of a
-1024-px photo, crop, flip, ``realesrgan`` degradation), i.e. what one loader worker really delivers.
+1024-px photo, crop, flip, ``realesrgan`` degradation), i.e. what one loader worker really delivers. The table also
+goes to ``results/degradation.json`` (``--results NAME`` / ``none``).
 ``--device cuda`` degrades on the GPU instead (images and random generators there; JPEG still goes through
 OpenCV on the CPU), with the bicubic baseline on the same device; the dataset row is a CPU loader's and is left out.
 """
@@ -32,6 +33,7 @@ from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import compose_config
 from magicbokeh.utils.devices import parse_device, synchronize
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.results import Table, add_results_option, chosen_results_name, write_results
 from magicbokeh.utils.seeding import sample_generator
 
 logger = get_logger(__name__)
@@ -63,8 +65,16 @@ def _rate(sample: Callable[[int], object], samples: int, device: torch.device = 
     return samples / (time.perf_counter() - start)
 
 
-def _row(name: str, rate: float, baseline: float, target: float) -> str:
-    return f"{name:<12}{rate:>16.2f}{1000 / rate:>12.1f}{rate / baseline:>12.3f}{rate / target:>12.2f}"
+ROW_COLUMNS = ["row", "samples/s/core", "ms/sample", "× bicubic ×4", "× target"]
+
+
+def _cells(name: str, rate: float, baseline: float, target: float) -> list:
+    return [name, rate, 1000 / rate, rate / baseline, rate / target]
+
+
+def _row(cells: list) -> str:
+    name, rate, milliseconds, vs_bicubic, vs_target = cells
+    return f"{name:<12}{rate:>16.2f}{milliseconds:>12.1f}{vs_bicubic:>12.3f}{vs_target:>12.2f}"
 
 
 def _instantiate(preset: str) -> RealESRGANDegradation:
@@ -79,6 +89,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--target", type=float, default=4.0, help="required samples/s/core")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="where the degradations run (cpu, cuda, ...)")
+    add_results_option(parser, "degradation")
     args = parser.parse_args(argv)
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
@@ -106,7 +117,8 @@ def _run(args: argparse.Namespace) -> int:
         + ("" if device.type == "cpu" else f", on {device}")
     )
     print(f"{'row':<12}{'samples/s/core':>16}{'ms/sample':>12}{'vs bicubic':>12}{'vs target':>12}")
-    print(_row("bicubic x4", baseline, baseline, args.target))
+    rows = [_cells("bicubic x4", baseline, baseline, args.target)]
+    print(_row(rows[-1]))
     rates = {}
     for preset in args.presets:
         degradation = _instantiate(preset)
@@ -117,7 +129,8 @@ def _run(args: argparse.Namespace) -> int:
             args.samples,
             device,
         )
-        print(_row(preset, rates[preset], baseline, args.target))
+        rows.append(_cells(preset, rates[preset], baseline, args.target))
+        print(_row(rows[-1]))
     if device.type == "cpu":
         with tempfile.TemporaryDirectory() as folder:
             for number, photo in enumerate(_photos(2 * args.size)):
@@ -125,10 +138,26 @@ def _run(args: argparse.Namespace) -> int:
             degradation = _instantiate("realesrgan")
             dataset = SRFolderDataset(folder, crop_size=args.size, degradation=degradation, seed=args.seed)
             rates["sr dataset"] = _rate(dataset.__getitem__, args.samples)
-            print(_row("sr dataset", rates["sr dataset"], baseline, args.target))
+            rows.append(_cells("sr dataset", rates["sr dataset"], baseline, args.target))
+            print(_row(rows[-1]))
     # The target is on the degradation itself; the dataset row adds file decoding, which depends on the storage format.
     gated = {name: rate for name, rate in rates.items() if name not in ("none", "sr dataset")}
-    slowest = min(gated, key=gated.get)
-    verdict = "meets" if gated[slowest] >= args.target else "MISSES"
-    print(f"slowest: {slowest} at {gated[slowest]:.2f} samples/s/core, {verdict} the target of {args.target:g}")
+    slowest = min(gated, key=gated.get) if gated else None
+    meets_target = gated[slowest] >= args.target if gated else None
+    if gated:
+        verdict = "meets" if meets_target else "MISSES"
+        print(f"slowest: {slowest} at {gated[slowest]:.2f} samples/s/core, {verdict} the target of {args.target:g}")
+    name = chosen_results_name(args.results)
+    if name:
+        figures = {
+            "size": args.size, "samples": args.samples, "target": args.target, "device": str(device),
+            "bicubic_x4": baseline, "samples_per_s_per_core": rates, "slowest": slowest,
+            "meets_target": meets_target,
+        }  # fmt: skip
+        table = Table(ROW_COLUMNS, rows, ["", ".2f", ".1f", ".3f", ".2f"])
+        path = write_results(
+            name, figures, title=f"degradation throughput, {args.size}×{args.size} crops, one CPU core",
+            tables={"throughput": table}, seed=args.seed,
+        )  # fmt: skip
+        print(f"wrote {path}")
     return 0

@@ -10,7 +10,8 @@ reference, the cost of synthetic training samples, and the README picture.
    ``docs/images/optics_synthetic.png``: synthetic scenes with their layered ground truth beside single-image renders.
 
 CPU seconds are printed beside wall-clock because the machine may be shared: CPU time / threads is what an idle
-machine would show.
+machine would show. The figures also go to ``results/renderer.json`` (``--results NAME`` / ``none``), with the
+settings of the run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from magicbokeh.optics.render import DEFAULT_NUM_LAYERS, RENDER_METHODS, Highlig
 from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.files import atomic_path
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.results import Table, add_results_option, chosen_results_name, write_results
 
 logger = get_logger(__name__)
 
@@ -105,15 +107,23 @@ def benchmark_reference(height: int, width: int, blur_px: float, crop: int, num_
         f"  fast scatter vs brute force on the crop: max |Δ| {error.max():.4f}, mean |Δ| {error.mean():.5f} "
         f"(256 slices, full resolution: max {exact_error.max():.4f}, mean {exact_error.mean():.5f})"
     )
-    return {"reference_s_per_megapixel": reference_s_per_mp, "max_abs_error": float(error.max())}
+    return {
+        "crop": crop,
+        "reference_s_per_megapixel": reference_s_per_mp,
+        "max_abs_error": float(error.max()),
+        "mean_abs_error": float(error.mean()),
+        "max_abs_error_256_slices": float(exact_error.max()),
+        "mean_abs_error_256_slices": float(exact_error.mean()),
+    }
 
 
-def benchmark_synthetic(sizes: tuple[int, ...], scenes: int, max_coc_px: float) -> None:
-    """One thread, like a DataLoader worker."""
-    _with_threads(1, lambda: _benchmark_synthetic(sizes, scenes, max_coc_px))
+def benchmark_synthetic(sizes: tuple[int, ...], scenes: int, max_coc_px: float) -> dict[int, dict[str, float]]:
+    """One thread, like a DataLoader worker; per size, mean seconds per sample."""
+    return _with_threads(1, lambda: _benchmark_synthetic(sizes, scenes, max_coc_px))
 
 
-def _benchmark_synthetic(sizes: tuple[int, ...], scenes: int, max_coc_px: float) -> None:
+def _benchmark_synthetic(sizes: tuple[int, ...], scenes: int, max_coc_px: float) -> dict[int, dict[str, float]]:
+    costs = {}
     for size in sizes:
         generator_of_scenes = SyntheticSceneGenerator(size, size)
         generate_cpu = render_cpu = generate_wall = render_wall = 0.0
@@ -132,6 +142,12 @@ def _benchmark_synthetic(sizes: tuple[int, ...], scenes: int, max_coc_px: float)
             f"{(generate_cpu + render_cpu) / scenes:.3f} s CPU per sample "
             f"(wall {(generate_wall + render_wall) / scenes:.3f} s)"
         )
+        costs[size] = {
+            "generate_cpu_s": generate_cpu / scenes,
+            "render_cpu_s": render_cpu / scenes,
+            "wall_s": (generate_wall + render_wall) / scenes,
+        }
+    return costs
 
 
 def write_grid(path: Path, max_coc_px: float = 24.0) -> Path:
@@ -226,17 +242,83 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--synthetic-scenes", type=int, default=5)
     parser.add_argument("--grid", type=Path, default=GRID_PATH, help="README picture (the gallery goes beside it)")
     parser.add_argument("--no-grid", action="store_true", help="skip both pictures")
+    add_results_option(parser, "renderer")
     args = parser.parse_args(argv)
 
     thread_counts = sorted({1, torch.get_num_threads()})
     print("Full frame:")
     full = benchmark_full_frame(args.height, args.width, args.blur_px, args.num_layers, args.repeats, thread_counts)
     print("Brute-force reference (same run):")
-    benchmark_reference(args.height, args.width, args.blur_px, args.crop, args.num_layers, full)
+    reference = benchmark_reference(args.height, args.width, args.blur_px, args.crop, args.num_layers, full)
     print("Synthetic training samples:")
-    benchmark_synthetic((256, 512), args.synthetic_scenes, max_coc_px=24.0)
+    synthetic = benchmark_synthetic((256, 512), args.synthetic_scenes, max_coc_px=24.0)
     if not args.no_grid:
         print(f"Wrote {_with_threads(1, lambda: write_grid(args.grid))}")
         gallery = args.grid.with_name("optics_synthetic.png")
         print(f"Wrote {_with_threads(1, lambda: write_synthetic_gallery(gallery))}")
+    name = chosen_results_name(args.results)
+    if name:
+        print(f"Wrote {write_renderer_results(name, args, full, reference, synthetic)}")
     return 0
+
+
+def write_renderer_results(
+    name: str, args: argparse.Namespace, full: dict, reference: dict, synthetic: dict[int, dict[str, float]]
+) -> Path:
+    """The three measurements as tables: full-frame speed, agreement with the brute force, synthetic sample cost."""
+    megapixels = args.height * args.width / 1e6
+    full_rows = []
+    for (method, threads), numbers in full.items():
+        # The brute force runs on one thread: only one-thread renders are compared with it.
+        s_per_mp = numbers["wall_s"] / megapixels
+        speedup = reference["reference_s_per_megapixel"] / s_per_mp if threads == 1 else None
+        full_rows.append([method, threads, numbers["wall_s"], numbers["cpu_s"], 1 / s_per_mp, speedup])
+    reference_row = [
+        reference["crop"],
+        reference["reference_s_per_megapixel"],
+        reference["max_abs_error"],
+        reference["mean_abs_error"],
+        reference["max_abs_error_256_slices"],
+        reference["mean_abs_error_256_slices"],
+    ]
+    synthetic_rows = [
+        [size, c["generate_cpu_s"], c["render_cpu_s"], c["generate_cpu_s"] + c["render_cpu_s"], c["wall_s"]]
+        for size, c in synthetic.items()
+    ]
+    tables = {
+        "full_frame": Table(
+            ["method", "threads", "wall (s)", "CPU (s)", "MP/s", "× brute force"],
+            full_rows,
+            ["", "d", ".2f", ".2f", ".3f", ".0f"],
+        ),
+        "reference": Table(
+            ["crop (px)", "brute force (s/MP)", "max abs Δ", "mean abs Δ", "max abs Δ (256)", "mean abs Δ (256)"],
+            [reference_row],
+            ["d", ".1f", ".4f", ".5f", ".4f", ".5f"],
+        ),
+        "synthetic": Table(
+            ["size (px)", "generate, CPU (s)", "render, CPU (s)", "total, CPU (s)", "wall (s)"],
+            synthetic_rows,
+            ["d", ".3f", ".3f", ".3f", ".3f"],
+        ),
+    }
+    settings = {
+        "height": args.height,
+        "width": args.width,
+        "blur_px": args.blur_px,
+        "num_layers": args.num_layers,
+        "crop": args.crop,
+        "repeats": args.repeats,
+        "synthetic_scenes": args.synthetic_scenes,
+    }
+    figures = {
+        "settings": settings,
+        "full_frame": [{"method": method, "threads": threads, **values} for (method, threads), values in full.items()],
+        "reference": reference,
+        "synthetic": {str(size): costs for size, costs in synthetic.items()},
+    }
+    title = (
+        f"classical renderers: {args.width}×{args.height} motorcycle at blur_px {args.blur_px:g}, brute-force "
+        "agreement on a crop, synthetic sample cost"
+    )
+    return write_results(name, figures, title=title, tables=tables)

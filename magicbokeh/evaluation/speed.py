@@ -13,8 +13,9 @@ as in the release, fp32 on the CPU):
 - FLOPs of one call counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; the renderer's FFTs
   and elementwise work are not counted, so its FLOPs read as ~0 and its latency is the meaningful number).
 
-Ratios are printed against the unified model measured in the same run (REFERENCE §4: the paper reports 0.1062 s on
-an L40s for MagicBokeh vs 0.16–2.99 s for two-stage pipelines; the ICLR reviewers asked for params/FLOPs/memory).
+Ratios are printed against the unified model measured in the same run (the paper compares the same quantities:
+latency against two-stage pipelines, parameters, FLOPs and memory). The records and the table also go to
+``results/speed.json`` (``--results NAME`` / ``none``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.config import CONFIG_DIR
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.results import Table, add_results_option, chosen_results_name, write_results
 
 logger = get_logger(__name__)
 
@@ -138,26 +140,28 @@ def run(
     return records
 
 
-def table(records: list[dict], size: int, device: torch.device) -> str:
-    """Markdown table with latency and FLOP ratios against the unified model of the same architecture."""
+def results_table(records: list[dict], device: torch.device) -> Table:
+    """The records with latency and FLOP ratios against the unified model of the same architecture."""
     memory = "peak GPU memory (GiB)" if device.type == "cuda" else "process peak RSS (GiB)"
-    lines = [
-        f"Tile {size}×{size}, batch 1, device {device} ({_device_name(device)}), torch {torch.__version__}",
-        "",
-        "| arch | method | latency (s) | images/s | × unified latency | params (M) | GFLOPs | × unified FLOPs "
-        f"| {memory} |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["arch", "method", "latency (s)", "images/s", "× unified latency", "params (M)", "GFLOPs",
+               "× unified FLOPs", memory]  # fmt: skip
     unified = {r["arch"]: r for r in records if r["method"] == "model"}
+    rows = []
     for r in records:
         base = unified.get(r["arch"])
-        time_ratio = f"{r['latency_s'] / base['latency_s']:.2f}" if base else "–"
-        flop_ratio = f"{r['flops'] / base['flops']:.2f}" if base and base["flops"] else "–"
-        lines.append(
-            f"| {r['arch']} | {LABELS[r['method']]} | {r['latency_s']:.4f} | {r['images_per_s']:.3g} | {time_ratio} "
-            f"| {r['parameters'] / 1e6:.2f} | {r['flops'] / 1e9:.4g} | {flop_ratio} | {r['peak_memory_gib']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+        time_ratio = r["latency_s"] / base["latency_s"] if base else None
+        flop_ratio = r["flops"] / base["flops"] if base and base["flops"] else None
+        rows.append(
+            [r["arch"], LABELS[r["method"]], r["latency_s"], r["images_per_s"], time_ratio, r["parameters"] / 1e6,
+             r["flops"] / 1e9, flop_ratio, r["peak_memory_gib"]]
+        )  # fmt: skip
+    return Table(columns, rows, ["", "", ".4f", ".3g", ".2f", ".2f", ".4g", ".2f", ".2f"])
+
+
+def table(records: list[dict], size: int, device: torch.device) -> str:
+    """Markdown table (:func:`results_table`) under a line naming the tile, device and torch version."""
+    heading = f"Tile {size}×{size}, batch 1, device {device} ({_device_name(device)}), torch {torch.__version__}"
+    return heading + "\n\n" + results_table(records, device).markdown()
 
 
 def _device_name(device: torch.device) -> str:
@@ -177,6 +181,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--methods", nargs="+", default=list(SPEED_METHODS), choices=SPEED_METHODS)
     parser.add_argument("--device", default="auto", help="auto (first CUDA device, else cpu), cpu, cuda:0, ...")
     parser.add_argument("--json", type=Path, default=None, help="also write the records to this JSON file")
+    add_results_option(parser, "speed")
     args = parser.parse_args(argv)
     if args.repeats < 0 or args.warmup < 0 or args.size < 8:
         raise ParameterError("need --repeats >= 0, --warmup >= 0 and --size >= 8")
@@ -188,6 +193,16 @@ def main(argv: list[str]) -> int:
     print(table(records, args.size, device))
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(records, indent=1))
+    name = chosen_results_name(args.results)
+    if name:
+        settings = {"size": args.size, "repeats": args.repeats, "warmup": args.warmup, "device": str(device),
+                    "threads": torch.get_num_threads()}  # fmt: skip
+        path = write_results(
+            name, {"settings": settings, "records": records}, tables={"latency": results_table(records, device)},
+            title=f"unified model vs two-stage baselines: one {args.size}×{args.size} tile, batch 1, {device}",
+            seed=0,
+        )  # fmt: skip
+        print(f"wrote {path}")
     return 0
 
 

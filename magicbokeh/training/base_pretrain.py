@@ -1,8 +1,8 @@
 """A stand-in for SD2.1's pretrained VAE when the network is randomly initialised (the tiny smoke model).
 
 MagicBokeh keeps the VAE decoder frozen and only adds LoRA to the encoder, so it relies on a VAE that already
-reconstructs images. A random tiny VAE does not: even the best possible latent decodes to ~16 dB on smooth images,
-below any upsampling baseline. Before the alternating training starts, :func:`fit_autoencoder` therefore fits the
+reconstructs images. A random tiny VAE does not: with its decoder frozen, no latent the encoder could produce would
+decode back to the input. Before the alternating training starts, :func:`fit_autoencoder` therefore fits the
 tiny VAE's *base* weights (encoder + decoder, not the LoRA) as a plain autoencoder on the training targets,
 
     min  MSE(decode(encode(x)), x)
@@ -10,11 +10,13 @@ tiny VAE's *base* weights (encoder + decoder, not the LoRA) as a plain autoencod
 which plays the role of SD2.1's VAE pre-training. It never runs for a model loaded from ``paths.sd21``. The result
 is the "initialisation" the smoke run's final table compares against (the network MagicBokeh training starts from).
 
-A few hundred steps inside a 10-minute run give a VAE that reconstructs what it was fitted on but not new content
-(it costs ~0.2–3 dB on unseen photos). Like SD2.1's VAE, the stand-in can instead be fitted once, long and on many
-images (``scripts/fit_standin_vae.py``), saved with :func:`save_standin_vae` and loaded by the training run
-(``trainer.base_pretrain.init_from``) with :func:`load_standin_vae`. The file holds only the VAE's base weights
-and the ``vae_config`` they belong to; loading checks that config against the model's.
+A few hundred steps inside a short run give a VAE that reconstructs what it was fitted on rather than new content.
+Like SD2.1's VAE, the stand-in can instead be fitted once, long and on many images (``scripts/fit_standin_vae.py``),
+saved with :func:`save_standin_vae` and loaded by the training run (``trainer.base_pretrain.init_from``) with
+:func:`load_standin_vae`. The file holds only the VAE's base weights and the ``vae_config`` they belong to (loading
+checks that config against the model's), and, as JSON metadata, everything needed to fit it again
+(:data:`STANDIN_METADATA_KEYS`: the command, seed, settings, degradation, code commit and versions) with its held-out
+scores; the same scores go to ``results/standin_vae.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ logger = get_logger(__name__)
 
 STANDIN_FORMAT = "magicbokeh-standin-vae/1"
 STANDIN_SCRIPT = "python scripts/fit_standin_vae.py experiment=smoke"
+STANDIN_METADATA_KEYS = (
+    "summary",  # one line: steps, device, held-out scores
+    "command",  # the command line that fitted it
+    "seed",  # the run seed (cfg.seed); streams and the sample pool derive theirs from it
+    "environment",  # code commit + dirty flag, hardware, library versions (magicbokeh.utils.results.environment)
+    "seconds",  # wall time of the fit
+    "device",
+    "settings",  # the resolved standin_vae node
+    "degradation",  # the resolved degradation of its lq and held-out inputs
+    "heldout",  # the held-out set it is scored on (data.val_sr)
+    "history",  # held-out scores every eval_every steps
+)
+"""What :func:`fit_standin_from_config` records in a stand-in VAE file's metadata (``fit``)."""
 
 
 def _check_random_base(model: torch.nn.Module) -> None:
@@ -223,6 +238,7 @@ def fit_standin_from_config(cfg) -> Path:
     from omegaconf import OmegaConf
 
     from magicbokeh.utils.distributed import build_accelerator
+    from magicbokeh.utils.results import Table, current_command, environment, write_results
     from magicbokeh.utils.seeding import seed_everything
 
     settings = cfg.get("standin_vae")
@@ -288,9 +304,11 @@ def fit_standin_from_config(cfg) -> Path:
     )
     metadata = {
         "summary": summary,
+        "command": current_command(),
+        "seed": int(cfg.seed),
+        "environment": environment(),
         "seconds": round(seconds, 1),
         "device": str(device),
-        "torch": torch.__version__,
         "settings": OmegaConf.to_container(settings, resolve=True),
         "degradation": OmegaConf.to_container(degradation_cfg, resolve=True),  # of its lq and held-out inputs
         "heldout": {**OmegaConf.to_container(cfg.data.val_sr, resolve=True), "degradation": "see 'degradation'"},
@@ -298,4 +316,18 @@ def fit_standin_from_config(cfg) -> Path:
     }
     out = save_standin_vae(model, settings.out, metadata)
     print(f"stand-in VAE written to {out} ({summary}; {seconds:.0f} s)")
+    if settings.get("results_name"):
+        columns = ["step", "train MSE", "held-out targets (dB)", "inputs (dB)", "inputs after a round trip (dB)"]
+        keys = ["step", "train_mse", "target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"]
+        table = Table(columns, [[row[key] for key in keys] for row in history], ["d", ".5f", ".2f", ".2f", ".2f"])
+        figures = {key: value for key, value in metadata.items() if key not in ("command", "environment")}
+        path = write_results(
+            str(settings.results_name),
+            {**figures, "file": str(out)},
+            title="stand-in VAE fit: held-out reconstruction PSNR during the fit",
+            tables={"history": table},
+            command=metadata["command"],
+            seed=int(cfg.seed),
+        )
+        print(f"results file {path}")
     return out

@@ -8,9 +8,14 @@ without ``run_id=NAME``.
 Run directory layout::
 
     run_uid  metrics.jsonl  wandb/  checkpoints/step_NNNNNN/  val/step_NNNNNN_<task>.png
-    init_eval.json       held-out scores of the model before training (its own initialisation)
+    init_eval.json       validation scores of the model before training (its own initialisation)
+    init_test_eval.json  the same on the test sets (data.test_bokeh / data.test_sr), when the data config has them
     final/               model.save_pretrained (what scripts/evaluate.py ckpt=... consumes)
-    final_eval.{json,md} PSNR/LPIPS per task: input vs initialisation vs trained (+ colour-fixed variants)
+    final_eval.{json,md} PSNR/LPIPS per set (validation, test) and task: input vs initialisation vs trained
+                         (+ colour-fixed variants)
+
+With ``results_name`` set (``experiment=smoke``: ``smoke``), the final tables also go to ``results/<name>.json``
+(:mod:`magicbokeh.utils.results`), with the command, commit and hardware that made them.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from magicbokeh.training.phases import PhaseSchedule, phase_for_step
 from magicbokeh.training.run_dir import choose_run_dir
 from magicbokeh.training.tracking import run_uid, tracker_settings
 from magicbokeh.training.trainer import PhaseSettings, Trainer, TrainerSettings
-from magicbokeh.training.validation import COLOR_FIXED_SUFFIX, Validator, write_final_report
+from magicbokeh.training.validation import Validator, final_evaluation, write_final_results
 from magicbokeh.utils.cli import set_offline_defaults
 from magicbokeh.utils.distributed import build_accelerator, distributed_state
 from magicbokeh.utils.files import atomic_write_text
@@ -46,6 +51,7 @@ from magicbokeh.utils.seeding import seed_everything
 logger = get_logger(__name__)
 
 INIT_EVAL_FILE = "init_eval.json"
+INIT_TEST_EVAL_FILE = "init_test_eval.json"
 FINAL_MODEL_DIR = "final"
 
 
@@ -143,38 +149,6 @@ def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
     return {name: datasets[name] for name in sources}
 
 
-def _final_evaluation(
-    validator: Validator, model: torch.nn.Module, device: torch.device, run_dir: Path, init_scores: dict[str, float]
-) -> dict[str, dict[str, float]]:
-    trained = validator.evaluate_model(model, device)
-    columns = {
-        "upsampled input": validator.evaluate_upsampled_input(device),
-        "initialisation": init_scores,
-        "trained": trained,
-        # Same model, defocus map zeroed: on the bokeh set, the gap to "trained" is what the condition contributes.
-        "trained, defocus zeroed": validator.evaluate_model(model, device, zero_defocus=True),
-    }
-    heading = "Held-out validation set (data.val_bokeh, data.val_sr), PSNR (dB), higher is better:"
-    if validator.color_fix != "none":
-        fix = f"{validator.color_fix} colour fix"
-        columns[f"initialisation + {fix}"] = _color_fixed_scores(init_scores)
-        columns[f"trained + {fix}"] = _color_fixed_scores(trained)
-        heading += (
-            f'\n("+ {fix}": the network\'s output corrected against the upsampled input, as the inference pipeline'
-            f" does with color_fix={validator.color_fix}; the other columns are the network alone)"
-        )
-    table = write_final_report(run_dir, columns, list(validator.datasets))
-    print(f"\n{heading}\n{table}\n(saved in {run_dir / 'final_eval.md'})")
-    return columns
-
-
-def _color_fixed_scores(scores: dict[str, float]) -> dict[str, float]:
-    """``{"sr/psnr_color_fixed": v}`` → ``{"sr/psnr": v}``: the colour-fixed scores as a column of their own."""
-    return {
-        key.removesuffix(COLOR_FIXED_SUFFIX): value for key, value in scores.items() if key.endswith(COLOR_FIXED_SUFFIX)
-    }
-
-
 def training_info(cfg: DictConfig) -> dict[str, Any]:
     """What the saved model records about its training data (``config.json`` → ``training``): the degradation
     (preset name and settings), crop size and CoC scale, so evaluation can flag a benchmark made another way."""
@@ -194,7 +168,9 @@ def training_info(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the configured model; returns the final scores and the measured steps/s."""
+    """Train the configured model; returns the final scores (``{set: {column: {metric: value}}}``) and the measured
+    steps/s."""
+    run_started = time.perf_counter()
     set_offline_defaults()
     run_dir = choose_run_dir(cfg, distributed_state())
     trainer_cfg = cfg.trainer
@@ -313,6 +289,15 @@ def _train(
         grid_rows=int(validation_cfg.grid_rows),
         color_fix=str(validation_cfg.color_fix),
     )
+    test_validator = None
+    if OmegaConf.select(cfg, "data.test_bokeh") is not None and OmegaConf.select(cfg, "data.test_sr") is not None:
+        test_validator = Validator(
+            {"bokeh": instantiate(cfg.data.test_bokeh), "sr": instantiate(cfg.data.test_sr)},
+            batch_size=int(validation_cfg.batch_size),
+            out_dir=run_dir / "test",
+            lpips_model=lpips_model if validation_cfg.lpips else None,
+            color_fix=str(validation_cfg.color_fix),
+        )
     trainer = Trainer(
         accelerator=accelerator,
         model=model,
@@ -332,13 +317,20 @@ def _train(
         trainer.resume(resume_from)
     accelerator.init_trackers(str(logger_cfg.get("project", "magicbokeh")), _job_config(cfg), tracker_kwargs)
     unwrapped = accelerator.unwrap_model(model)
-    init_scores = _initial_scores(trainer, validator, unwrapped, accelerator, run_dir)
+    init_scores = _initial_scores(trainer, validator, unwrapped, accelerator, run_dir / INIT_EVAL_FILE)
+    evaluation_sets = {"validation": (validator, init_scores)}
+    if test_validator is not None:
+        init_test = _initial_scores(
+            trainer, test_validator, unwrapped, accelerator, run_dir / INIT_TEST_EVAL_FILE, grids=False
+        )
+        evaluation_sets["test"] = (test_validator, init_test)
 
     # ---- train
     started = time.perf_counter()
     first_step = trainer.step
     trainer.fit()
-    steps_per_s = (trainer.step - first_step) / max(time.perf_counter() - started, 1e-9)
+    training_seconds = time.perf_counter() - started
+    steps_per_s = (trainer.step - first_step) / max(training_seconds, 1e-9)
     _check_ranks_agree(accelerator, unwrapped)
 
     # ---- save and evaluate
@@ -346,8 +338,21 @@ def _train(
     if accelerator.is_main_process:
         unwrapped.save_pretrained(run_dir / FINAL_MODEL_DIR)
         logger.info("final model saved to %s", run_dir / FINAL_MODEL_DIR)
-        results["scores"] = _final_evaluation(validator, unwrapped, accelerator.device, run_dir, init_scores)
-        accelerator.log({f"final/{k}": v for k, v in results["scores"]["trained"].items()}, step=trainer.step)
+        results["scores"] = final_evaluation(evaluation_sets, unwrapped, accelerator.device, run_dir)
+        for set_name, prefix in (("validation", "final"), ("test", "final_test")):
+            if set_name in results["scores"]:
+                trained = results["scores"][set_name]["trained"]
+                accelerator.log({f"{prefix}/{k}": v for k, v in trained.items()}, step=trainer.step)
+        if cfg.get("results_name"):
+            timing = {
+                "steps": trainer.step - first_step,
+                "training_seconds": training_seconds,
+                "run_seconds": time.perf_counter() - run_started,
+                "steps_per_s": steps_per_s,
+                "torch_threads": torch.get_num_threads(),
+            }
+            tasks = list(validator.datasets)
+            write_final_results(str(cfg.results_name), results["scores"], tasks, timing, cfg.task_name, int(cfg.seed))
     accelerator.wait_for_everyone()
     return results
 
@@ -364,10 +369,10 @@ def _check_ranks_agree(accelerator, model: torch.nn.Module) -> None:
     logger.info("parameters identical on all %d ranks (sum %.10g)", accelerator.num_processes, totals[0].item())
 
 
-def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> dict[str, float]:
-    """Held-out scores of the untrained model, kept in ``init_eval.json`` for a resumed run to report; a fresh run
-    (step 0) always scores its own initialisation, even in a run directory an earlier run left one in."""
-    path = run_dir / INIT_EVAL_FILE
+def _initial_scores(trainer, validator, model, accelerator, path: Path, grids: bool = True) -> dict[str, float]:
+    """Held-out scores of the untrained model, kept in ``path`` (``init_eval.json``, ``init_test_eval.json``) for a
+    resumed run to report; a fresh run (step 0) always scores its own initialisation, even in a run directory an
+    earlier run left one in. ``grids``: also write the step-0 image grids (validation only)."""
     if trainer.step != 0 and path.is_file():
         return json.loads(path.read_text())
     scores: dict[str, float] = {}
@@ -375,8 +380,9 @@ def _initial_scores(trainer, validator, model, accelerator, run_dir: Path) -> di
         if trainer.step != 0:
             logger.warning("resumed without %s: the initialisation column will be empty", path)
         else:
-            scores = validator.evaluate_model(model, accelerator.device, step=0)
+            scores = validator.evaluate_model(model, accelerator.device, step=0 if grids else None)
             atomic_write_text(path, json.dumps(scores, indent=1))
-            accelerator.log({f"val/{k}": v for k, v in scores.items()}, step=0)
+            if grids:  # the tracker's val/ curves are the validation set's only
+                accelerator.log({f"val/{k}": v for k, v in scores.items()}, step=0)
     accelerator.wait_for_everyone()
     return scores

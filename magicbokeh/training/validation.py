@@ -1,8 +1,10 @@
-"""Validation on a fixed held-out set: PSNR (and LPIPS) per task, an image grid, and the final comparison table.
+"""Scoring on fixed held-out sets: PSNR (and LPIPS) per task, an image grid, and the final comparison tables.
 
-The held-out sets are the data config's ``val_bokeh`` / ``val_sr`` datasets, seeded per sample, so every
-validation pass (and every run with the same config) sees exactly the same images. Validation runs on the main
-process only: the sets are small, and the model is unwrapped so no collective call is involved.
+The validation sets are the data config's ``val_bokeh`` / ``val_sr`` datasets, scored during training and used to
+choose settings; the test sets (``test_bokeh`` / ``test_sr``, where the data config has them) are scored only at the
+start and the end of a run, and reported beside them. Both are seeded per sample, so every pass (and every run with
+the same config) sees exactly the same images. Scoring runs on the main process only: the sets are small, and the
+model is unwrapped so no collective call is involved.
 
 With ``color_fix`` set, every model output is also scored after the inference pipeline's colour correction against
 the upsampled input (:mod:`magicbokeh.inference.color_fix`), under ``<task>/<metric>_color_fixed``: the network
@@ -32,11 +34,17 @@ from magicbokeh.training.data_streams import collate_samples
 from magicbokeh.training.losses import lpips_float32
 from magicbokeh.utils.files import atomic_write_text
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.results import Table, write_results
 
 logger = get_logger(__name__)
 
 COLOR_FIXED_SUFFIX = "_color_fixed"
 """Metric-name suffix of the scores taken after the colour fix (``sr/psnr`` → ``sr/psnr_color_fixed``)."""
+# How the final report names each evaluation set: the validation sets choose settings, the test sets only report.
+SET_HEADINGS = {
+    "validation": "Validation set (data.val_bokeh, data.val_sr: scored during training, used to choose settings)",
+    "test": "Test set (data.test_bokeh, data.test_sr: scored only before and after training, never to choose)",
+}
 
 
 class Validator:
@@ -177,23 +185,103 @@ def labelled_grid(
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
-def comparison_table(columns: Mapping[str, Mapping[str, float]], tasks: list[str], metric: str = "psnr") -> str:
-    """A Markdown table: one row per task, one column per evaluated model (e.g. input / init / trained)."""
+def comparison_table(columns: Mapping[str, Mapping[str, float]], tasks: list[str], metric: str = "psnr") -> Table:
+    """One row per task, one column per evaluated model (e.g. input / initialisation / trained); a missing score is
+    NaN (printed "–"). The same :class:`Table` is printed, saved in the run directory and, for a run with
+    ``results_name``, rendered in the README from its results file."""
     names = list(columns)
-    lines = [
-        f"| task ({metric}) | " + " | ".join(names) + " |",
-        "|---|" + "---:|" * len(names),
-    ]
-    for task in tasks:
-        cells = [f"{columns[name].get(f'{task}/{metric}', float('nan')):.2f}" for name in names]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[task, *(columns[name].get(f"{task}/{metric}", float("nan")) for name in names)] for task in tasks]
+    return Table([f"task ({metric})", *names], rows, ["", *[".2f"] * len(names)])
 
 
-def write_final_report(run_dir: str | os.PathLike, columns: Mapping[str, Mapping[str, float]], tasks: list[str]) -> str:
-    """Write ``final_eval.json`` + ``final_eval.md`` in the run directory and return the Markdown table."""
+def write_final_report(
+    run_dir: str | os.PathLike,
+    sets: Mapping[str, Mapping[str, Mapping[str, float]]],
+    tasks: list[str],
+    headings: Mapping[str, str] | None = None,
+) -> dict[str, Table]:
+    """Write ``final_eval.json`` (``{set: {column: {metric: value}}}``) and ``final_eval.md`` (one heading and table
+    per evaluation set, e.g. ``validation`` and ``test``) in the run directory; returns the tables by set."""
     run_dir = Path(run_dir)
-    table = comparison_table(columns, tasks)
-    atomic_write_text(run_dir / "final_eval.json", json.dumps({k: dict(v) for k, v in columns.items()}, indent=1))
-    atomic_write_text(run_dir / "final_eval.md", table + "\n")
-    return table
+    headings = dict(headings or {})
+    tables = {name: comparison_table(columns, tasks) for name, columns in sets.items()}
+    document = {name: {column: dict(scores) for column, scores in columns.items()} for name, columns in sets.items()}
+    atomic_write_text(run_dir / "final_eval.json", json.dumps(document, indent=1))
+    text = "\n".join(f"{headings.get(name, name)}\n\n{table.markdown()}" for name, table in tables.items())
+    atomic_write_text(run_dir / "final_eval.md", text)
+    return tables
+
+
+def final_evaluation(
+    evaluation_sets: Mapping[str, tuple[Validator, Mapping[str, float]]],
+    model: nn.Module,
+    device: torch.device,
+    run_dir: str | os.PathLike,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Score the trained model on each ``{set name: (validator, its initial scores)}`` (``validation``, ``test``);
+    print and save one table per set (:func:`write_final_report`); returns ``{set: {column: {metric: value}}}``."""
+    sets: dict[str, dict[str, dict[str, float]]] = {}
+    fixes = set()
+    for name, (validator, init_scores) in evaluation_sets.items():
+        trained = validator.evaluate_model(model, device)
+        columns = {
+            "upsampled input": validator.evaluate_upsampled_input(device),
+            "initialisation": dict(init_scores),
+            "trained": trained,
+            # Same model, defocus map zeroed: on the bokeh set, the gap to "trained" is what the condition contributes.
+            "trained, defocus zeroed": validator.evaluate_model(model, device, zero_defocus=True),
+        }
+        if validator.color_fix != "none":
+            fix = f"{validator.color_fix} colour fix"
+            columns[f"initialisation + {fix}"] = _color_fixed_scores(init_scores)
+            columns[f"trained + {fix}"] = _color_fixed_scores(trained)
+            fixes.add(validator.color_fix)
+        sets[name] = columns
+    tasks = list(next(iter(evaluation_sets.values()))[0].datasets)
+    headings = {name: f"{SET_HEADINGS.get(name, name)}, PSNR (dB), higher is better:" for name in sets}
+    tables = write_final_report(run_dir, sets, tasks, headings)
+    for name, table in tables.items():
+        print(f"\n{headings[name]}\n{table.markdown()}", end="")
+    for fix in sorted(fixes):
+        print(
+            f'("+ {fix} colour fix": the network\'s output corrected against the upsampled input, as the inference'
+            f" pipeline does with color_fix={fix}; the other columns are the network alone)"
+        )
+    print(f"(saved in {Path(run_dir) / 'final_eval.md'})")
+    return sets
+
+
+def _color_fixed_scores(scores: Mapping[str, float]) -> dict[str, float]:
+    """``{"sr/psnr_color_fixed": v}`` → ``{"sr/psnr": v}``: the colour-fixed scores as a column of their own."""
+    return {
+        key.removesuffix(COLOR_FIXED_SUFFIX): value for key, value in scores.items() if key.endswith(COLOR_FIXED_SUFFIX)
+    }
+
+
+def write_final_results(
+    name: str,
+    sets: Mapping[str, Mapping[str, Mapping[str, float]]],
+    tasks: list[str],
+    timing: Mapping[str, float],
+    experiment: str,
+    seed: int,
+) -> Path:
+    """``results/<name>.json`` (:func:`magicbokeh.utils.results.write_results`): one table per evaluation set, as
+    printed, and a ``run`` table with the run's step count and wall times."""
+    tables = {set_name: comparison_table(columns, tasks) for set_name, columns in sets.items()}
+    tables["run"] = Table(
+        ["steps", "training (s)", "whole run (s)", "steps/s"],
+        [[timing["steps"], timing["training_seconds"], timing["run_seconds"], timing["steps_per_s"]]],
+        ["d", ".0f", ".0f", ".2f"],
+    )
+    path = write_results(
+        name,
+        {**{set_name: dict(columns) for set_name, columns in sets.items()}, "timing": dict(timing)},
+        title=f"final evaluation of experiment={experiment}: PSNR (dB) per set and task, and the run's wall time",
+        tables=tables,
+        seed=seed,
+        notes="validation: the sets the settings were chosen on; test: scored only before and after training. "
+        "training = the optimisation steps; whole run = train() from building the model to the final tables.",
+    )
+    print(f"(results file {path})")
+    return path

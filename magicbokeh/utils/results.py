@@ -6,7 +6,8 @@ A results file (schema 1) holds::
     title        one line: what was measured
     command      the exact command that re-makes the file from a fresh clone
     seed         the seed (null when nothing random is involved)
-    environment  date, code commit and dirty flag, CPU/GPU model, core count, Python/torch/CUDA/library versions
+    environment  date, code commit and dirty flag, CPU/GPU model, core count, load average, Python/torch/CUDA/library
+                 versions
     figures      the numbers, as nested JSON (what tests and other scripts read)
     tables       named tables {columns, rows, formats}: what README blocks render
     notes        optional: how to read the figures (not how they were found)
@@ -48,10 +49,11 @@ RESULTS_DIR_ENV = "MAGICBOKEH_RESULTS_DIR"
 LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "numpy", "pyiqa")
 # What decides a figure: a modified file here makes the recorded commit not describe the code that ran.
 CODE_PATHS = ("magicbokeh", "scripts", "configs", "data", "pyproject.toml", "constraints.txt", "Makefile")
+# A block may be indented (inside a Markdown list item): its rendered lines take the indentation of its opening line.
 _BLOCK = re.compile(
-    r"(?P<open><!-- results: (?P<name>[A-Za-z0-9_.-]+)#(?P<table>[A-Za-z0-9_.-]+) -->\n)"
-    r"(?P<body>.*?)(?P<close><!-- /results -->)",
-    re.DOTALL,
+    r"^(?P<indent>[ \t]*)(?P<open><!-- results: (?P<name>[A-Za-z0-9_.-]+)#(?P<table>[A-Za-z0-9_.-]+) -->\n)"
+    r"(?P<body>.*?)^[ \t]*(?P<close><!-- /results -->)",
+    re.DOTALL | re.MULTILINE,
 )
 
 
@@ -102,9 +104,7 @@ def _format_cell(value: Any, fmt: str) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, check=True
-        )
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
@@ -141,6 +141,8 @@ def environment() -> dict[str, Any]:
         "dirty": None if status is None else bool(status),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        # 1-, 5- and 15-minute load averages when the figures were written: a busy machine slows every wall time.
+        "load_average": [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
         "cuda": torch.version.cuda,
@@ -185,7 +187,7 @@ def write_results(
         "seed": seed,
         "environment": environment(),
         "figures": _jsonable(figures),
-        "tables": {key: table.to_json() for key, table in (tables or {}).items()},
+        "tables": {key: _jsonable(table.to_json()) for key, table in (tables or {}).items()},
     }
     if notes:
         document["notes"] = notes
@@ -193,6 +195,21 @@ def write_results(
     target = path / f"{name}.json"
     atomic_write_text(target, json.dumps(document, indent=1, allow_nan=False) + "\n")
     return target
+
+
+def add_results_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--results NAME``: the results file a benchmark or study writes (``results/NAME.json``); ``none`` skips it."""
+    parser.add_argument(
+        "--results",
+        default=default,
+        metavar="NAME",
+        help=f"write the figures to results/NAME.json (default {default}; 'none': do not write)",
+    )
+
+
+def chosen_results_name(value: str | None) -> str | None:
+    """The ``--results`` value as a results name, or None for ``none`` / empty."""
+    return None if value is None or value.strip().lower() in ("", "none", "null") else value
 
 
 def _jsonable(value: Any) -> Any:
@@ -225,8 +242,9 @@ def source_line(document: Mapping[str, Any]) -> str:
     hardware = ", ".join(env["gpus"]) if env.get("gpus") else f"{env['cpu']} ({env['cpu_cores']} cores)"
     commit = (env.get("commit") or "unknown")[:10] + ("+dirty" if env.get("dirty") else "")
     torch_version = env["versions"].get("torch")
+    load = f" · load {env['load_average'][0]:g}" if env.get("load_average") else ""
     return (
-        f"<sub>`results/{document['name']}.json` · `{document['command']}` · {hardware} · torch {torch_version}"
+        f"<sub>`results/{document['name']}.json` · `{document['command']}` · {hardware}{load} · torch {torch_version}"
         f" · commit {commit} · {env['date'][:10]}</sub>\n"
     )
 
@@ -242,8 +260,10 @@ def render_markdown(text: str, directory: str | os.PathLike | None = None) -> st
     """``text`` with every ``<!-- results: name#table -->`` block re-rendered from its results file."""
 
     def replace(match: re.Match) -> str:
-        body = render_block(match["name"], match["table"], directory)
-        return match["open"] + body + match["close"]
+        indent = match["indent"]
+        lines = render_block(match["name"], match["table"], directory).splitlines(keepends=True)
+        body = "".join(indent + line if line.strip() else line for line in lines)
+        return indent + match["open"] + body + indent + match["close"]
 
     return _BLOCK.sub(replace, text)
 

@@ -9,6 +9,7 @@ import torch
 
 from magicbokeh.errors import ParameterError
 from magicbokeh.evaluation import speed
+from magicbokeh.utils.results import Table, read_results
 
 
 def test_measure_counts_matmul_flops_and_reports_positive_latency():
@@ -33,9 +34,14 @@ def test_table_gives_ratios_against_the_unified_model():
 @pytest.mark.slow
 def test_main_times_the_tiny_model_end_to_end(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    argv = ["--arch", "tiny", "--size", "32", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)]
+    argv = ["--arch", "tiny", "--size", "32", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out),
+            "--results", "speed_test"]  # fmt: skip
     assert speed.main(argv) == 0
     records = json.loads(out.read_text())
+    document = read_results("speed_test")  # the tests' results folder (conftest.py)
+    assert document["figures"]["records"] == records and document["figures"]["settings"]["size"] == 32
+    rows = Table.from_json(document["tables"]["latency"]).rows
+    assert [row[1] for row in rows] == [speed.LABELS[r["method"]] for r in records]
     assert {r["method"] for r in records} == set(speed.SPEED_METHODS)
     by_method = {r["method"]: r for r in records}
     # Two network passes cost twice the FLOPs of one; the renderer adds no network FLOPs.

@@ -17,6 +17,7 @@ from magicbokeh.models import MagicBokehModel
 from magicbokeh.training.tracking import read_metrics
 from magicbokeh.training.train import train
 from magicbokeh.utils.config import compose_config
+from magicbokeh.utils.results import Table, read_results
 
 REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = ["ablation_no_fama", "ablation_joint", "ablation_no_da_depth", "sr_only", "bokeh_only"]
@@ -59,15 +60,31 @@ def test_smoke_config_trains_evaluates_and_saves(tmp_path):
     assert results["steps_per_s"] > 0
     phases = [r["phase"] for r in read_metrics(run_dir) if "phase" in r]
     assert phases == ["sr_pretrain", "bokeh", "bokeh", "sr"]  # smoke: bokeh:SR = 2:1
-    # Final table: the network's columns + the smoke's wavelet-colour-fixed ones × two tasks, also on disk.
-    scores = json.loads((run_dir / "final_eval.json").read_text())
+    # Final tables, validation and test: the network's columns + the smoke's wavelet-colour-fixed ones × two tasks.
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    assert set(final) == {"validation", "test"} and final == results["scores"]
     fixed = ["initialisation + wavelet colour fix", "trained + wavelet colour fix"]
-    assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed", *fixed}
-    assert all({"bokeh/psnr", "sr/psnr"} <= set(column) for column in scores.values())
-    assert all(value > 0 for value in scores["initialisation"].values())
-    for name, source in zip(fixed, ["initialisation", "trained"], strict=True):
-        assert scores[name] == {task: scores[source][f"{task}_color_fixed"] for task in ("bokeh/psnr", "sr/psnr")}
-    assert "| bokeh |" in (run_dir / "final_eval.md").read_text()
+    for scores in final.values():
+        assert set(scores) == {"upsampled input", "initialisation", "trained", "trained, defocus zeroed", *fixed}
+        assert all({"bokeh/psnr", "sr/psnr"} <= set(column) for column in scores.values())
+        assert all(value > 0 for value in scores["initialisation"].values())
+        for name, source in zip(fixed, ["initialisation", "trained"], strict=True):
+            expected = {task: scores[source][f"{task}_color_fixed"] for task in ("bokeh/psnr", "sr/psnr")}
+            assert scores[name] == expected
+    # The two sets are different images (another seed, another photo): their input baselines differ.
+    assert final["validation"]["upsampled input"] != final["test"]["upsampled input"]
+    report = (run_dir / "final_eval.md").read_text()
+    assert report.index("Validation set") < report.index("Test set") and "| bokeh |" in report
+    assert json.loads((run_dir / "init_test_eval.json").read_text()) == final["test"]["initialisation"]
+    # experiment=smoke writes its results file (here the tests' results folder, see conftest.py) with both tables.
+    document = read_results("smoke")
+    assert set(document["tables"]) == {"validation", "test", "run"} and document["seed"] == 42
+    for set_name in ("validation", "test"):
+        table = Table.from_json(document["tables"][set_name])
+        assert table.columns[1:] == list(final[set_name])
+        assert table.rows[1] == ["sr", *(column["sr/psnr"] for column in final[set_name].values())]
+        assert table.markdown() in report
+    assert document["figures"]["timing"]["steps"] == 4
     assert (run_dir / "val" / "step_000002_bokeh.png").is_file()
     # The final model and the checkpoint's exported model load with the model's own loader.
     final = MagicBokehModel.from_pretrained(run_dir / "final")

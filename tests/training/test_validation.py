@@ -52,9 +52,16 @@ def test_zero_defocus_readout_isolates_the_condition(tmp_path):
     assert abs(zeroed["bokeh/psnr"] - baseline["bokeh/psnr"]) < 1e-5  # zeroed map: the model returns its input
     assert with_condition["bokeh/psnr"] > zeroed["bokeh/psnr"] + 1.0
 
-    table = write_final_report(tmp_path, {"upsampled input": baseline, "trained, defocus zeroed": zeroed}, ["bokeh"])
-    assert "trained, defocus zeroed" in table
-    assert set(json.loads((tmp_path / "final_eval.json").read_text())) == {"upsampled input", "trained, defocus zeroed"}
+    columns = {"upsampled input": baseline, "trained, defocus zeroed": zeroed}
+    tables = write_final_report(tmp_path, {"validation": columns, "test": columns}, ["bokeh"], {"test": "Test set"})
+    assert set(tables) == {"validation", "test"}
+    assert tables["test"].columns == ["task (psnr)", "upsampled input", "trained, defocus zeroed"]
+    assert tables["test"].rows == [["bokeh", baseline["bokeh/psnr"], zeroed["bokeh/psnr"]]]
+    saved = json.loads((tmp_path / "final_eval.json").read_text())
+    assert saved == {"validation": columns, "test": columns}
+    report = (tmp_path / "final_eval.md").read_text()
+    assert report.startswith("validation\n\n| task (psnr) |") and "\nTest set\n\n| task (psnr) |" in report
+    assert f"| bokeh | {baseline['bokeh/psnr']:.2f} | {zeroed['bokeh/psnr']:.2f} |" in report
 
 
 class _TintedTarget(nn.Module):
