@@ -25,6 +25,7 @@ from accelerate import PartialState
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from magicbokeh.depth.sources import depth_source
 from magicbokeh.errors import ConfigError
 from magicbokeh.training.base_pretrain import fit_autoencoder, load_standin_vae
 from magicbokeh.training.checkpointing import list_checkpoints, read_contents
@@ -121,6 +122,17 @@ def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
             raise ConfigError(f"resume=latest but {checkpoint_dir} holds no checkpoint yet")
         return found[-1]
     return Path(str(resume))
+
+
+def _defocus_depth(node: DictConfig | None, device: torch.device) -> DepthDefocus | None:
+    """``trainer.defocus_depth`` → None for ``gt`` (the dataset's defocus), else the depth model its source names
+    (``teacher`` or ``student`` node) wrapped in :class:`DepthDefocus`."""
+    if node is None:
+        return None
+    source = depth_source(str(node.source))
+    if not source.estimated:
+        return None
+    return DepthDefocus(instantiate(node[source.model], device=device), source.name)
 
 
 def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
@@ -275,9 +287,7 @@ def _train(
         phase: ReconstructionLoss(settings.phases[phase].l2_weight, settings.phases[phase].lpips_weight, lpips_model)
         for phase in phases
     }
-    defocus_depth = None
-    if trainer_cfg.defocus_depth is not None:
-        defocus_depth = DepthDefocus(instantiate(trainer_cfg.defocus_depth, device=accelerator.device))
+    defocus_depth = _defocus_depth(trainer_cfg.defocus_depth, accelerator.device)
 
     vsd = None
     if vsd_settings is not None:  # optional latent VSD regulariser (magicbokeh/training/vsd.py)
