@@ -100,7 +100,7 @@ def test_training_condition_comes_from_the_named_model_on_the_named_image(source
     defocus = condition.condition(batch, torch.device("cpu"))
     (seen,) = spy.seen
     assert torch.equal(seen, batch[depth_source(source).image])  # the LQ input, or the clean HQ image
-    (disparity, focus, K), = into_formula
+    ((disparity, focus, K),) = into_formula
     assert torch.equal(disparity, spy.disparity_of(seen))  # the spy's own map went into the formula
     assert torch.equal(K, batch["K"])
     expected_focus = focus_from_mask(disparity, in_focus_mask(batch["defocus"]))
