@@ -65,6 +65,18 @@ def test_every_backend_matches_the_dense_reference_for_n_bands(backend):
                                atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ATTENTION_BACKENDS)
+def test_every_backend_on_cuda_in_fp16_matches_the_dense_reference_for_n_bands(backend):
+    # 32² tokens, SD2.1's head size; flex runs compiled there. fp16 bound as for two regions (test_attention.py).
+    q, k, v = (t.to("cuda", torch.float16) for t in _qkv(2, 5, 1024, 64, seed=5))
+    defocus = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(6))
+    bands = defocus_bands(defocus, 4).flatten(1).cuda()
+    reference = dense_region_attention(q.float(), k.float(), v.float(), bands, 64**-0.5)
+    actual = region_attention(q, k, v, bands, 64**-0.5, backend=backend)
+    assert (actual.float() - reference).abs().max().item() <= 1e-3
+
+
 def test_tokens_attend_only_within_their_band():
     q, k, v = _qkv(1, 2, 30, 8)
     bands = torch.arange(30).remainder(3)[None]  # three interleaved bands
