@@ -72,14 +72,16 @@ def main(cfg: DictConfig) -> None:
     )  # fmt: skip
     preset = get_preset(pipeline.preset)
     renderer = instantiate(cfg.renderer)
-    depth = cfg.depth_model
+    # The teacher for the depth axis' teacher_lq / teacher_hq; the degradation-aware model for everything else.
+    depth_key = "depth_teacher" if protocol.disparity in ("teacher_lq", "teacher_hq") else "depth_model"
+    depth = cfg[depth_key]
     depth_model = LazyDepthModel(
         lambda: build_depth_model(
             depth.size,
             depth.weights,
             input_size=depth.input_size,
             preprocessing=preset.depth_preprocessing,
-            config_key="depth_model.weights",
+            config_key=f"{depth_key}.weights",
             device=device,
         )
     )
@@ -131,7 +133,7 @@ def main(cfg: DictConfig) -> None:
     if any(inputs.needs_depth(sample) for sample in samples):
         depth_record = {
             "size": depth.size, "weights": depth.weights, "input_size": depth.input_size,
-            "preprocessing": preset.depth_preprocessing,
+            "preprocessing": preset.depth_preprocessing, "role": depth_key,
         }  # fmt: skip
         weights = Path(depth.weights) if depth.weights is not None else None
         if weights is not None and weights.exists():  # a file, or a folder of them (HF layout, DepthModel.save)

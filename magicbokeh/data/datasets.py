@@ -3,6 +3,8 @@
 **One sample contract** for every bokeh and SR dataset (tensors are float32; collate with the default collate)::
 
     lq               3×H×W [0, 1]  degraded all-in-focus input at the target size (clean when degradation is None)
+    hq               3×H×W [0, 1]  the clean all-in-focus image at the target size, before degradation (for SR:
+                                   the target itself); what a depth model sees for the teacher_hq condition
     target           3×H×W [0, 1]  ground truth: rendered or photographed bokeh, or the HQ crop for SR
     task             "bokeh" | "sr"
     disparity        1×H×W [0, 1]  clean disparity, 1 = nearest (zeros for SR; zeros when a photo has none)
@@ -60,12 +62,15 @@ def bokeh_sample(
     K: float,
     meta: dict,
     *,
+    hq: torch.Tensor,
     has_disparity: bool = True,
 ) -> dict:
-    """Assemble a ``task="bokeh"`` sample; the defocus map comes from the one formula in ``optics.defocus``."""
+    """Assemble a ``task="bokeh"`` sample (``hq``: the clean all-in-focus image the ``lq`` was degraded from); the
+    defocus map comes from the one formula in ``optics.defocus``."""
     defocus = defocus_map(disparity[None], focus_disparity, K)[0] if has_disparity else torch.zeros_like(disparity)
     return {
         "lq": lq.float(),
+        "hq": hq.float(),
         "target": target.float(),
         "task": "bokeh",
         "disparity": disparity.float(),
@@ -77,10 +82,12 @@ def bokeh_sample(
 
 
 def sr_sample(lq: torch.Tensor, target: torch.Tensor, meta: dict) -> dict:
-    """Assemble a ``task="sr"`` sample: zero disparity, K = 0, all-zero defocus (pure super-resolution)."""
+    """Assemble a ``task="sr"`` sample: zero disparity, K = 0, all-zero defocus (pure super-resolution); the clean
+    ``hq`` image is the target."""
     zeros = torch.zeros(1, *target.shape[-2:], dtype=torch.float32)
     return {
         "lq": lq.float(),
+        "hq": target.float(),
         "target": target.float(),
         "task": "sr",
         "disparity": zeros,
@@ -293,7 +300,7 @@ class SyntheticBokehDataset(Dataset):
         )  # fmt: skip
         lq = _degrade(scene.image, self.degradation, generator)
         meta = {"index": int(index), "dataset": "synthetic", "source": "synthetic", "focus_rule": rule}
-        return bokeh_sample(lq, target, disparity, focus, K, meta)
+        return bokeh_sample(lq, target, disparity, focus, K, meta, hq=scene.image)
 
 
 class RenderedBokehDataset(Dataset):
@@ -379,7 +386,7 @@ class RenderedBokehDataset(Dataset):
         target = self.renderer(image[None], disparity[None], focus, K)[0]
         lq = _degrade(image, self.degradation, generator)
         meta = {"index": int(index), "dataset": "rendered", "source": str(image_path), "focus_rule": rule}
-        return bokeh_sample(lq, target, disparity, focus, K, meta)
+        return bokeh_sample(lq, target, disparity, focus, K, meta, hq=image)
 
 
 def focus_mask_from_pair(wide: torch.Tensor, bokeh: torch.Tensor, window: int = 15, threshold: float = 0.02):
@@ -497,7 +504,7 @@ class EBBDataset(Dataset):
             "source": str(self.pairs[file_index][0]),
             "focus_rule": rule,
         }
-        return bokeh_sample(lq, bokeh, disparity, focus, self.K, meta, has_disparity=has_disparity)
+        return bokeh_sample(lq, bokeh, disparity, focus, self.K, meta, hq=wide, has_disparity=has_disparity)
 
 
 # --------------------------------------------------------------------------------------------------------------------

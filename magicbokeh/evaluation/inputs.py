@@ -5,7 +5,11 @@ A benchmark's protocol (``configs/benchmark/*.yaml``):
 - ``input``: ``lq`` (the degraded image) or ``hq`` (the clean image: the hallucination check);
 - ``disparity``: ``index`` uses the benchmark's maps, ``estimate`` always estimates disparity from the input with
   the degradation-aware depth model (the paper's protocol: it sees the LQ photo, not the clean one). A bokeh sample
-  without a map is estimated under ``index`` too; a pure-SR sample (K = 0) without one needs none (zeros);
+  without a map is estimated under ``index`` too; a pure-SR sample (K = 0) without one needs none (zeros). The
+  depth axis of the ablations (:mod:`magicbokeh.depth.sources`) names the source outright, whatever the input:
+  ``gt`` (the benchmark's maps, required), ``student_lq`` (the student on the LQ image), ``teacher_lq`` (the
+  teacher on the LQ image), ``teacher_hq`` (the teacher on the clean HQ image); the caller gives the depth model
+  the source names;
 - ``focus``: ``index`` (the sample's ``focus_disparity``), ``mask`` (median disparity inside the sample's subject
   mask: the release's rule), ``auto`` (the pipeline's automatic focus) or a number in [0, 1].
 
@@ -27,6 +31,8 @@ import torch
 
 from magicbokeh.data.benchmark_index import BenchmarkSample, check_sample_id
 from magicbokeh.data.io import read_disparity, read_image, write_disparity
+from magicbokeh.data.transforms import resize_images
+from magicbokeh.depth.sources import DEPTH_SOURCES, depth_source
 from magicbokeh.errors import ConfigError, DatasetError
 from magicbokeh.evaluation.baselines import BicubicPipeline, Case
 from magicbokeh.inference.pipeline import BokehPipeline, Focus, Prepared
@@ -35,7 +41,7 @@ from magicbokeh.utils.logging import get_logger
 logger = get_logger(__name__)
 
 INPUTS = ("lq", "hq")
-DISPARITY_SOURCES = ("index", "estimate")
+DISPARITY_SOURCES = ("index", "estimate", *DEPTH_SOURCES)
 FOCUS_RULES = ("index", "mask", "auto")
 DISPARITY_CACHE = "disparity"
 
@@ -114,7 +120,21 @@ class SampleInputs:
         """True when the sample's disparity comes from the depth model (and hence from the cache)."""
         if sample.K == 0 and sample.disparity is None:
             return False  # pure SR: the defocus is zero whatever the disparity
-        return self.protocol.disparity == "estimate" or sample.disparity is None
+        if self.protocol.disparity == "gt":
+            return False
+        return self.protocol.disparity != "index" or sample.disparity is None
+
+    def depth_image(self, sample: BenchmarkSample, images: torch.Tensor) -> torch.Tensor:
+        """What the depth model sees: the method input (``index``, ``estimate``), or the image the source names."""
+        if self.protocol.disparity in ("index", "estimate"):
+            return images
+        key = depth_source(self.protocol.disparity).image
+        path = sample.lq if key == "lq" else sample.hq
+        if path is None:
+            raise DatasetError(
+                f"benchmark.disparity={self.protocol.disparity} needs the '{key}' image of sample '{sample.id}'"
+            )
+        return read_image(path).unsqueeze(0)
 
     def cache_path(self, sample: BenchmarkSample) -> Path:
         return self.run_dir / DISPARITY_CACHE / f"{check_sample_id(sample.id)}.npy"
@@ -130,6 +150,11 @@ class SampleInputs:
 
     def _disparity(self, sample: BenchmarkSample, images: torch.Tensor, estimate: bool) -> torch.Tensor | None:
         if not self.needs_depth(sample):
+            if sample.disparity is None and self.protocol.disparity == "gt" and sample.K != 0:
+                raise DatasetError(
+                    f"benchmark.disparity=gt but sample '{sample.id}' has no disparity map: use a benchmark with "
+                    "ground-truth maps (synthetic), or estimate (student_lq, teacher_lq, teacher_hq, estimate)"
+                )
             return read_disparity(sample.disparity) if sample.disparity is not None else None
         path = self.cache_path(sample)
         if path.is_file():
@@ -140,7 +165,11 @@ class SampleInputs:
                 f"the estimated disparity of sample '{sample.id}' is not in '{path.parent}': run the predict stage "
                 "(it estimates and caches it)"
             )
-        disparity = self.front.estimate_disparity(images)
+        disparity = self.front.estimate_disparity(self.depth_image(sample, images))
+        if disparity.shape[-2:] not in (images.shape[-2:], output_size(sample)):
+            # The source image (e.g. an LQ stored at low resolution while the input is the HQ) has another size: the
+            # map follows the method input, as a map given with it must.
+            disparity = resize_images(disparity, tuple(images.shape[-2:]))
         write_disparity(path, disparity)
         self.estimated += 1
         return disparity

@@ -5,12 +5,14 @@ forward time.
    ``sdpa_mask``, ``flex``) against the paper's dense formulation (explicit ``B×heads×N×N`` float bias of 0/−∞, then
    softmax), at SD2.1-base's up-block attention sizes: 4096 tokens (64×64 latent of a 512² tile, 320 channels =
    5 heads × 64) and 1024 tokens (32×32, 640 = 10 × 64). Time and peak memory are printed as ratios against the
-   dense reference measured in the same run, with each backend's largest deviation from the reference (computed in
-   float32 from the same inputs); plain unmasked SDPA is shown as the lower bound. The fastest backend at the
-   largest size is picked, and the default backend's ratios there are checked against the targets (≥ 3× faster,
-   ≥ 8× less peak memory than the dense reference). ``flex`` is compiled on CUDA (the compilation falls in the
-   untimed warm-up); elsewhere torch runs its eager reference path, which materialises the full score matrix, so
-   off CUDA it costs about what the dense formula costs.
+   dense reference measured in the same run, with each variant's largest deviation from its own dense formula
+   (computed in float32 from the same inputs); plain unmasked SDPA is shown as the lower bound. Two ablation masks
+   are timed beside them: ``levels:4`` through the default backend (four defocus bands: the disc in focus, three
+   rings around it) and ``soft`` (the −|δᵢ − δⱼ|/τ bias, a dense float ``N×N`` tensor by construction). The fastest
+   backend at the largest size is picked, and the default backend's ratios there are checked against the targets
+   (≥ 3× faster, ≥ 8× less peak memory than the dense reference). ``flex`` is compiled on CUDA (the compilation
+   falls in the untimed warm-up); elsewhere torch runs its eager reference path, which materialises the full score
+   matrix, so off CUDA it costs about what the dense formula costs.
 2. One forward of the SD2.1-base-sized MagicBokeh network (random weights, released surgery) on a 512×512 tile with
    the picked backend (or ``--attention-backend``), split into VAE encode / ControlNet + UNet / VAE decode.
 
@@ -35,8 +37,11 @@ from magicbokeh.models.attention import (
     ATTENTION_BACKENDS,
     DEFAULT_ATTENTION_BACKEND,
     dense_region_attention,
+    dense_soft_attention,
     region_attention,
+    soft_region_attention,
 )
+from magicbokeh.optics.defocus import defocus_bands
 from magicbokeh.utils.cli import ArgumentParser
 from magicbokeh.utils.devices import parse_device, synchronize
 from magicbokeh.utils.logging import get_logger
@@ -47,10 +52,11 @@ logger = get_logger(__name__)
 SD21_ATTENTION_SHAPES = {4096: (5, 64), 1024: (10, 64), 256: (20, 64)}
 SPEEDUP_TARGET = 3.0
 MEMORY_TARGET = 8.0
-DENSE, UNMASKED = "dense", "unmasked"
+DENSE, UNMASKED, LEVELS, SOFT = "dense", "unmasked", "levels4", "soft"
+SOFT_TAU = 0.1  # model.fama.tau's default
 LABELS = {DENSE: "dense −∞ reference", UNMASKED: "unmasked SDPA (bound)"} | {
     backend: f"FAMA {backend}" for backend in ATTENTION_BACKENDS
-}
+} | {LEVELS: f"FAMA levels:4 ({DEFAULT_ATTENTION_BACKEND})", SOFT: "FAMA soft (dense bias)"}
 
 
 def _proc_status_kib(field: str) -> int:
@@ -92,12 +98,19 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
     return statistics.median(times)
 
 
-def _subject_mask(side: int, batch: int, device: torch.device) -> torch.Tensor:
-    """A centred in-focus disc covering ~30 % of the tokens (a portrait), True = in focus."""
+def _subject_defocus(side: int, batch: int, device: torch.device) -> torch.Tensor:
+    """Token defocus of a portrait: 0 on a centred disc covering ~30 % of the tokens, rising linearly to 1 at the
+    farthest corner (``B×N``)."""
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     radius = side * math.sqrt(0.3 / math.pi)
-    disc = ((ys - side / 2 + 0.5) ** 2 + (xs - side / 2 + 0.5) ** 2) <= radius**2
-    return disc.flatten().expand(batch, -1).contiguous().to(device)
+    distance = ((ys - side / 2 + 0.5) ** 2 + (xs - side / 2 + 0.5) ** 2).sqrt()
+    defocus = ((distance - radius) / (distance.max() - radius)).clamp(0.0, 1.0)
+    return defocus.flatten().expand(batch, -1).contiguous().to(device)
+
+
+def _subject_mask(side: int, batch: int, device: torch.device) -> torch.Tensor:
+    """The in-focus disc of :func:`_subject_defocus` (True = in focus)."""
+    return _subject_defocus(side, batch, device) == 0
 
 
 def attention_benchmark(
@@ -116,18 +129,28 @@ def attention_benchmark(
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, tokens, dim, generator=generator).to(device, dtype) for _ in range(3))
     mask = _subject_mask(side, batch, device)
+    token_defocus = _subject_defocus(side, batch, device)
+    bands = defocus_bands(token_defocus[:, None, None, :], 4)[:, 0, 0, :]
     scale = dim**-0.5
     variants: dict[str, Callable[[], torch.Tensor]] = {DENSE: lambda: dense_region_attention(q, k, v, mask, scale)}
     for backend in backends:
         variants[backend] = lambda backend=backend: region_attention(q, k, v, mask, scale, backend=backend)
+    variants[LEVELS] = lambda: region_attention(q, k, v, bands, scale, backend=DEFAULT_ATTENTION_BACKEND)
+    variants[SOFT] = lambda: soft_region_attention(q, k, v, token_defocus, SOFT_TAU, scale)
     variants[UNMASKED] = lambda: region_attention(q, k, v, None, scale)
     rows = {}
     with torch.no_grad():
-        # The deviation is measured against the formula in float32 on the same (possibly half-precision) inputs, so
-        # it is each backend's own rounding, not the input's.
-        reference = dense_region_attention(q.float(), k.float(), v.float(), mask, scale)
+        # The deviation is measured against each variant's formula in float32 on the same (possibly half-precision)
+        # inputs, so it is the implementation's own rounding, not the input's.
+        q32, k32, v32 = q.float(), k.float(), v.float()
+        references = {
+            LEVELS: dense_region_attention(q32, k32, v32, bands, scale),
+            SOFT: dense_soft_attention(q32, k32, v32, token_defocus, SOFT_TAU, scale),
+        }
+        reference = dense_region_attention(q32, k32, v32, mask, scale)
         for name, fn in variants.items():
-            error = None if name == UNMASKED else (fn().float() - reference).abs().max().item()
+            expected = references.get(name, reference)
+            error = None if name == UNMASKED else (fn().float() - expected).abs().max().item()
             rows[name] = {
                 "label": LABELS[name],
                 "seconds": median_seconds(fn, device, repeats),
@@ -254,7 +277,7 @@ def write_benchmark_results(name: str, attention: list[dict], default_check: dic
     ]
     tables = {
         "attention": Table(
-            ["tokens", "variant", "time (ms)", "× dense speed", "peak (MiB)", "× dense memory", "max |Δ| vs dense"],
+            ["tokens", "variant", "time (ms)", "× dense speed", "peak (MiB)", "× dense memory", "max |Δ| vs formula"],
             rows,
             ["d", "", ".2f", ".1f", ".1f", ".1f", ".1e"],
         )

@@ -2,7 +2,8 @@
 
 Order matters and mirrors the release: the ControlNet is copied from the *stock* UNet, then the same surgery is
 applied to both (mid block pruned, cross-attention dropped), then the peft LoRA adapters are added, and last the
-FAMA processors are installed on the up-block ``attn1`` layers (so their parameters are not LoRA targets).
+FAMA processors are installed on the ``attn1`` layers ``model.fama.layers`` selects (up blocks as released), so
+their parameters are not LoRA targets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from magicbokeh.errors import ConfigError, missing_weights
 from magicbokeh.models import surgery
-from magicbokeh.models.attention import DEFAULT_ATTENTION_BACKEND, check_attention_backend, install_focus_processors
+from magicbokeh.models.attention import FamaSettings, install_focus_processors
 from magicbokeh.models.controlnet import build_defocus_controlnet
 from magicbokeh.models.lora import add_unet_sr_lora, add_vae_encoder_lora
 from magicbokeh.models.model import MagicBokehModel
@@ -72,6 +73,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def fama_from_build_arguments(
+    fama: FamaSettings | Mapping[str, Any] | None,
+    *,
+    bokeh_lora_rank: int | None = None,
+    bokeh_lora_alpha: float | None = None,
+    use_focus_mask: bool | None = None,
+    attention_backend: str | None = None,
+) -> FamaSettings:
+    """``fama`` with the pre-``fama`` flat build arguments mapped onto it (see :func:`build_model`)."""
+    settings = FamaSettings.from_config(fama).to_config()
+    legacy = {
+        "rank": bokeh_lora_rank,
+        "alpha": bokeh_lora_alpha,
+        "mask": None if use_focus_mask is None else ("hard" if use_focus_mask else "none"),
+        "backend": attention_backend,
+    }
+    settings.update({key: value for key, value in legacy.items() if value is not None})
+    return FamaSettings(**settings)
+
+
 def _check_sd21_folder(root: Path) -> None:
     """Fail with one actionable error naming the first missing file of the diffusers layout."""
     if not root.is_dir():
@@ -115,12 +136,13 @@ def build_model(
     vae_lora_alpha: float = 8.0,
     unet_lora_rank: int = 4,
     unet_lora_alpha: float = 8.0,
-    bokeh_lora_rank: int = 64,
-    bokeh_lora_alpha: float = 1.0,
-    use_focus_mask: bool = True,
-    attention_backend: str = DEFAULT_ATTENTION_BACKEND,
+    fama: FamaSettings | Mapping[str, Any] | None = None,
     gradient_checkpointing: bool = False,
     timestep: int = 999,
+    bokeh_lora_rank: int | None = None,
+    bokeh_lora_alpha: float | None = None,
+    use_focus_mask: bool | None = None,
+    attention_backend: str | None = None,
 ) -> MagicBokehModel:
     """Build the MagicBokeh network (what ``configs/model/*.yaml`` instantiate).
 
@@ -128,12 +150,20 @@ def build_model(
     raises :class:`MissingWeightsError`. Otherwise ``unet_config``/``vae_config`` dicts build a randomly initialised
     network (tests, smoke run, benchmark). LoRA scales are ``alpha / rank``; the defaults of the VAE and UNet
     adapters (rank 4, alpha 8) are those the release trained with (peft's default alpha, OSEDiff's rank).
-    ``name`` only labels the configuration (logs, checkpoints). ``use_focus_mask=False`` keeps the bokeh-LoRA
-    branch but without the region mask (``ablation_no_fama``). ``attention_backend`` picks how FAMA's masked branch
-    is computed (``gather``, ``sdpa_mask`` or ``flex``; see :mod:`magicbokeh.models.attention`): the same values
-    and weights, a different speed and memory per device.
+    ``name`` only labels the configuration (logs, checkpoints). ``fama`` (``model.fama``, a
+    :class:`~magicbokeh.models.attention.FamaSettings` or its dict) sets the focus-aware attention: its layers, mask
+    (``hard``, ``none`` = ``ablation_no_fama``, ``soft``, ``levels:N``), in-focus threshold, bokeh-LoRA rank and
+    alpha, and backend (the same values and weights, a different speed and memory per device).
+
+    ``bokeh_lora_rank``, ``bokeh_lora_alpha``, ``use_focus_mask`` and ``attention_backend`` are the flat names that
+    ``config.json`` files written before ``fama`` existed hold (our checkpoints, the official importer's): when
+    given they set ``fama.rank``, ``fama.alpha``, ``fama.mask`` (true → ``hard``, false → ``none``) and
+    ``fama.backend``, over ``fama``. A model records only ``fama``.
     """
-    check_attention_backend(attention_backend)
+    fama_settings = fama_from_build_arguments(
+        fama, bokeh_lora_rank=bokeh_lora_rank, bokeh_lora_alpha=bokeh_lora_alpha, use_focus_mask=use_focus_mask,
+        attention_backend=attention_backend,
+    )  # fmt: skip
     config = _plain(
         {
             "name": name,
@@ -147,10 +177,7 @@ def build_model(
             "vae_lora_alpha": vae_lora_alpha,
             "unet_lora_rank": unet_lora_rank,
             "unet_lora_alpha": unet_lora_alpha,
-            "bokeh_lora_rank": bokeh_lora_rank,
-            "bokeh_lora_alpha": bokeh_lora_alpha,
-            "use_focus_mask": use_focus_mask,
-            "attention_backend": attention_backend,
+            "fama": fama_settings.to_config(),
             "gradient_checkpointing": gradient_checkpointing,
             "timestep": timestep,
         }
@@ -175,7 +202,9 @@ def build_model(
             surgery.prune_mid_block(module)
     add_unet_sr_lora(unet, unet_lora_rank, unet_lora_alpha)
     add_vae_encoder_lora(vae, vae_lora_rank, vae_lora_alpha)
-    install_focus_processors(unet, bokeh_lora_rank, bokeh_lora_alpha, attention_backend)
+    install_focus_processors(
+        unet, fama_settings.rank, fama_settings.alpha, fama_settings.backend, layers=fama_settings.layers
+    )
 
     model = MagicBokehModel(
         vae=vae,

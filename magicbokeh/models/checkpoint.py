@@ -169,11 +169,29 @@ def _official_build_arguments(document: dict[str, Any]) -> dict[str, Any]:
         "unet_lora_alpha": OFFICIAL_LORA_ALPHA,
         "vae_lora_rank": int(document["rank_vae"]),
         "vae_lora_alpha": OFFICIAL_LORA_ALPHA,
-        "bokeh_lora_rank": int(document["state_dict_attn"]),
-        "bokeh_lora_alpha": OFFICIAL_BOKEH_ALPHA,
+        # The release's FAMA: up-block attn1, two regions split at defocus 0.1 (the backend is ours to choose).
+        "fama": {
+            "layers": "up",
+            "mask": "hard",
+            "threshold": 0.1,
+            "rank": int(document["state_dict_attn"]),
+            "alpha": OFFICIAL_BOKEH_ALPHA,
+        },
         "prune_mid_block": True,
         "drop_cross_attention": True,
     }
+
+
+def _mismatched_settings(config: dict[str, Any], arguments: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (ours, official)}`` for every build setting of ``arguments`` the model's ``config`` differs in
+    (``fama`` compared key by key, as ``fama.<key>``)."""
+    mismatched = {}
+    for key, official in arguments.items():
+        if isinstance(official, dict):
+            mismatched.update({f"{key}.{k}": (config[key][k], v) for k, v in official.items() if config[key][k] != v})
+        elif config[key] != official:
+            mismatched[key] = (config[key], official)
+    return mismatched
 
 
 def import_official_checkpoint(
@@ -197,7 +215,7 @@ def import_official_checkpoint(
 
         model = build_model(sd21_path, name="official", **arguments)
     else:
-        mismatched = {k: (model.config[k], v) for k, v in arguments.items() if model.config[k] != v}
+        mismatched = _mismatched_settings(model.config, arguments)
         if mismatched:
             raise ConfigError(f"model configuration differs from the checkpoint (ours, official): {mismatched}")
     tensors = official_to_state_dict(document)

@@ -25,9 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from magicbokeh.errors import ConfigError, InvalidInputError, MissingWeightsError
-from magicbokeh.models.attention import FOCUS_KWARG, FocusRegions
+from magicbokeh.models.attention import FOCUS_KWARG, FamaSettings
 from magicbokeh.models.interface import defocus_to_condition, images_to_pixel_values, pixel_values_to_images
-from magicbokeh.optics.defocus import in_focus_mask
 from magicbokeh.utils.files import atomic_path, atomic_write_text
 from magicbokeh.utils.logging import get_logger
 
@@ -79,7 +78,7 @@ class MagicBokehModel(nn.Module):
         self.vae, self.unet, self.controlnet = vae, unet, controlnet
         self.config = dict(config)
         self.timestep = int(config["timestep"])
-        self.use_focus_mask = bool(config["use_focus_mask"])
+        self.fama = FamaSettings.from_config(config["fama"])
         self.scaling_factor = float(vae.config.scaling_factor)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.stride = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -97,6 +96,11 @@ class MagicBokehModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    @property
+    def use_focus_mask(self) -> bool:
+        """False when FAMA's bokeh branch attends without any mask (``model.fama.mask=none``)."""
+        return self.fama.mask != "none"
 
     @property
     def has_pretrained_base(self) -> bool:
@@ -155,9 +159,9 @@ class MagicBokehModel(nn.Module):
         down_residuals, mid_residual = self.controlnet(
             latents, timesteps, encoder_hidden_states=context, controlnet_cond=condition, return_dict=False
         )
-        # The in-focus rule on float32 values whatever the caller's dtype: in bf16 a defocus of 0.1002 rounds to
+        # FAMA's mask from float32 values whatever the caller's dtype: in bf16 a defocus of 0.1002 rounds to
         # bf16(0.1) and a whole out-of-focus plateau would count as in focus.
-        focus = FocusRegions(in_focus_mask(defocus.float())) if self.use_focus_mask else None
+        focus = self.fama.focus_regions(defocus.float())
         return self.unet(
             latents,
             timesteps,

@@ -1,4 +1,4 @@
-"""The defocus map the model is conditioned on, and FAMA's in-focus rule (DESIGN §1, official convention).
+"""The defocus map the model is conditioned on, and FAMA's in-focus rule and bands (DESIGN §1, official convention).
 
     defocus = |d − d_f| · K / 32 ∈ [0, 1]
 
@@ -47,3 +47,25 @@ def in_focus_mask(defocus: torch.Tensor, threshold: float = IN_FOCUS_THRESHOLD) 
     if defocus.ndim != 4 or defocus.shape[1] != 1:
         raise InvalidInputError(f"defocus must be B×1×H×W, got shape {tuple(defocus.shape)}")
     return defocus <= threshold
+
+
+def defocus_bands(defocus: torch.Tensor, num_bands: int, threshold: float = IN_FOCUS_THRESHOLD) -> torch.Tensor:
+    """Integer ``B×1×H×W`` band index of every pixel: FAMA's ``levels:N`` partition of the defocus range.
+
+    Band 0 is the in-focus region (``defocus ≤ threshold``, :func:`in_focus_mask`); bands 1 … N−1 split
+    ``(threshold, 1]`` into N−1 equal intervals closed on the right, i.e. with ``w = (1 − threshold)/(N − 1)``
+
+        band = 0                                   if δ ≤ threshold
+        band = clamp(⌈(δ − threshold)/w⌉, 1, N−1)  otherwise
+
+    so ``num_bands=2`` is exactly the in-focus / out-of-focus split of the release.
+    """
+    if defocus.ndim != 4 or defocus.shape[1] != 1:
+        raise InvalidInputError(f"defocus must be B×1×H×W, got shape {tuple(defocus.shape)}")
+    if int(num_bands) != num_bands or num_bands < 2:
+        raise ParameterError(f"the number of defocus bands must be an integer ≥ 2, got {num_bands}")
+    if not 0 <= threshold < 1:
+        raise ParameterError(f"the in-focus threshold must be in [0, 1), got {threshold}")
+    width = (1.0 - threshold) / (num_bands - 1)
+    out_of_focus = torch.ceil((defocus - threshold) / width).clamp(1, num_bands - 1).to(torch.int64)
+    return torch.where(in_focus_mask(defocus, threshold), 0, out_of_focus)

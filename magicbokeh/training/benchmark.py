@@ -139,13 +139,13 @@ def main(argv: list[str]) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = parse_device(args.device)
-    backend_override = [] if args.attention_backend is None else [f"model.attention_backend={args.attention_backend}"]
+    backend_override = [] if args.attention_backend is None else [f"model.fama.backend={args.attention_backend}"]
     cfg = compose_config("train", ["experiment=smoke", *backend_override])
     size, batch = int(cfg.data.crop_size), int(cfg.data.batch_size)
     precision = args.mixed_precision
     print(
         f"training-step benchmark on {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"mixed precision {precision}, FAMA backend {cfg.model.attention_backend}"
+        f"mixed precision {precision}, FAMA backend {cfg.model.fama.backend}"
     )
 
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
             name="sd21-random",
             unet_config=SD21_UNET_CONFIG,
             vae_config=SD21_VAE_CONFIG,
-            attention_backend=cfg.model.attention_backend,
+            fama={"backend": cfg.model.fama.backend},
         )
         sd21.enable_gradient_checkpointing()
         sd21.to(device)
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
                 f"{_memory_text(row, device)})"
             )
     if args.results.strip().lower() not in ("", "none"):
-        path = _write_results(args.results, rows, device, precision, cfg.model.attention_backend)
+        path = _write_results(args.results, rows, device, precision, cfg.model.fama.backend)
         print(f"results: {path}")
     return 0
 

@@ -47,6 +47,7 @@ from magicbokeh.utils.progress import progress_bar
 logger = get_logger(__name__)
 
 STUDENT_FOLDER = "student"
+TEACHER_FOLDER = "teacher"  # only for a randomly initialised teacher, which exists nowhere else
 RESULTS_FILE = "depth_results.json"
 
 
@@ -281,6 +282,10 @@ def train_depth(cfg) -> dict[str, float]:
     seed_everything(int(cfg.seed))
     run_dir = choose_run_dir(cfg, distributed_state())
     teacher = _instantiate(instantiate, cfg.depth)
+    if cfg.depth.get("weights") is None and distributed_state().is_main_process:
+        # A random teacher (tiny smoke runs) can be rebuilt by no one: keep it beside its student, so the pair can
+        # be used together later (e.g. the depth study's smoke scale conditions on both).
+        teacher.save(run_dir / TEACHER_FOLDER)
     train_dataset = _instantiate(instantiate, cfg.data.train)
     eval_dataset = _instantiate(instantiate, cfg.data.eval)
     settings = DistillSettings(**OmegaConf.to_container(cfg.distill, resolve=True))

@@ -30,6 +30,7 @@ from accelerate import PartialState
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from magicbokeh.depth.sources import depth_source
 from magicbokeh.errors import ConfigError
 from magicbokeh.training.base_pretrain import fit_autoencoder, load_standin_vae
 from magicbokeh.training.checkpointing import list_checkpoints, read_contents
@@ -129,6 +130,17 @@ def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return Path(str(resume))
 
 
+def _defocus_depth(node: DictConfig | None, device: torch.device) -> DepthDefocus | None:
+    """``trainer.defocus_depth`` → None for ``gt`` (the dataset's defocus), else the depth model its source names
+    (``teacher`` or ``student`` node) wrapped in :class:`DepthDefocus`."""
+    if node is None:
+        return None
+    source = depth_source(str(node.source))
+    if not source.estimated:
+        return None
+    return DepthDefocus(instantiate(node[source.model], device=device), source.name)
+
+
 def _training_datasets(cfg: DictConfig, sources: set[str]) -> dict[str, Any]:
     """The datasets behind the scheduled phases' streams: ``bokeh``, ``sr`` and/or ``mixed`` (joint ablation)."""
     datasets: dict[str, Any] = {}
@@ -182,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log_with, tracker_kwargs = tracker_settings(logger_cfg, run_dir, uid, resume_step)
     accelerator = _build_accelerator(trainer_cfg, log_with)
     try:
-        return _train(cfg, settings, run_dir, accelerator, resume_from, logger_cfg, tracker_kwargs)
+        return _train(cfg, settings, run_dir, accelerator, resume_from, logger_cfg, tracker_kwargs, run_started)
     finally:
         # Finishes every tracker (closes metrics.jsonl, ends the wandb run) even when training raised.
         accelerator.end_training()
@@ -196,7 +208,10 @@ def _train(
     resume_from: Path | None,
     logger_cfg: dict[str, Any],
     tracker_kwargs: dict[str, Any],
+    run_started: float,
 ) -> dict[str, Any]:
+    """The body of :func:`train`; ``run_started`` (``time.perf_counter()`` when ``train`` was called) times the whole
+    run for the results file."""
     trainer_cfg = cfg.trainer
     seed_everything(int(cfg.seed))
 
@@ -251,9 +266,7 @@ def _train(
         phase: ReconstructionLoss(settings.phases[phase].l2_weight, settings.phases[phase].lpips_weight, lpips_model)
         for phase in phases
     }
-    defocus_depth = None
-    if trainer_cfg.defocus_depth is not None:
-        defocus_depth = DepthDefocus(instantiate(trainer_cfg.defocus_depth, device=accelerator.device))
+    defocus_depth = _defocus_depth(trainer_cfg.defocus_depth, accelerator.device)
 
     vsd = None
     if vsd_settings is not None:  # optional latent VSD regulariser (magicbokeh/training/vsd.py)

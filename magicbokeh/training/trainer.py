@@ -240,7 +240,7 @@ class Trainer:
         device = self.accelerator.device
         lq, target, defocus = (batch[key].to(device) for key in ("lq", "target", "defocus"))
         if self.defocus_depth is not None:
-            defocus = self.defocus_depth(lq, defocus, batch["K"].to(device))
+            defocus = self.defocus_depth.condition(batch, device)
         if vsd_latents is None:
             with self.accelerator.autocast():
                 images = self.model(lq, defocus)

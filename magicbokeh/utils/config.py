@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-ROOT_CONFIGS = ("train", "eval", "render", "depth", "demo")
+ROOT_CONFIGS = ("train", "eval", "render", "depth", "demo", "study")
 LAUNCH_ID_RESOLVER = "magicbokeh.launch_id"
 
 

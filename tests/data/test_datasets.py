@@ -16,7 +16,7 @@ from magicbokeh.data.datasets import (
     focus_mask_from_pair,
 )
 from magicbokeh.data.degradations import RealESRGANDegradation
-from magicbokeh.data.io import write_disparity, write_image
+from magicbokeh.data.io import read_image, write_disparity, write_image
 from magicbokeh.errors import DatasetError, ImageReadError, MagicBokehError
 from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.utils.config import compose_config
@@ -49,9 +49,11 @@ def photo_folder(tmp_path):
 
 
 def _check_contract(sample: dict, task: str, size: int) -> None:
-    assert set(sample) == {"lq", "target", "task", "disparity", "focus_disparity", "K", "defocus", "meta"}
+    assert set(sample) == {"lq", "hq", "target", "task", "disparity", "focus_disparity", "K", "defocus", "meta"}
     assert sample["task"] == task
-    for key, channels in (("lq", 3), ("target", 3), ("disparity", 1), ("defocus", 1)):
+    if task == "sr":
+        assert torch.equal(sample["hq"], sample["target"])  # the clean image of an SR sample is its target
+    for key, channels in (("lq", 3), ("hq", 3), ("target", 3), ("disparity", 1), ("defocus", 1)):
         value = sample[key]
         assert value.shape == (channels, size, size) and value.dtype == torch.float32, key
         assert value.min() >= 0 and value.max() <= 1, key
@@ -98,6 +100,7 @@ def test_rendered_bokeh_is_reproducible_per_index_and_subject_focus_uses_the_mas
         assert torch.equal(first[key], again[key])
     assert len(dataset) == 7 and dataset[3]["meta"]["source"].endswith("a.png")
     sample = dataset[0]  # a.png has a mask over columns 10..19 of a left-to-right ramp
+    assert torch.equal(sample["hq"], read_image(photo_folder / "image" / "a.png"))  # the clean photo, uncropped
     assert sample["meta"]["focus_rule"] == "subject"
     assert float(sample["focus_disparity"]) == pytest.approx(float(_ramp()[0, 0, 10:20].median()), abs=1e-3)
     assert dataset[1]["meta"]["focus_rule"] == "random"  # no mask for b → random pixel
@@ -162,6 +165,7 @@ def test_ebb_splits_contract_and_pair_agreement_focus(ebb_folder):
     assert len(val) == 2 and len(EBBDataset(ebb_folder, "all")) == 4
     sample = train[0]
     assert sample["lq"].shape == sample["target"].shape == (3, SIZE, SIZE + 8)  # full photo without crop_size
+    assert torch.equal(sample["hq"], read_image(ebb_folder / "original" / "0.jpg"))  # the wide photo
     assert sample["meta"]["has_disparity"]
     assert float(sample["K"]) == 16.0 and sample["meta"]["focus_rule"] == "pair_agreement"
     assert float(sample["focus_disparity"]) < 0.5  # the unchanged (in-focus) part is on the left, low disparity

@@ -49,7 +49,7 @@ def write_official_checkpoint(model, path, monkeypatch) -> None:
             if parameter_group(n) == "vae_lora"
         },
         "controlnet": controlnet,
-        "state_dict_attn": model.config["bokeh_lora_rank"],
+        "state_dict_attn": model.config["fama"]["rank"],
         "processor_state_dict": {
             n.removeprefix("unet."): t for n, t in state.items() if parameter_group(n) == "bokeh_lora"
         },

@@ -108,7 +108,7 @@ def test_backends_that_train_on_the_cpu_give_the_dense_gradients(backend):
 
 def test_flex_refuses_to_train_on_the_cpu_with_a_clear_error():
     q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 16, 8))
-    with pytest.raises(ConfigError, match="attention_backend=gather or sdpa_mask"):
+    with pytest.raises(ConfigError, match="fama.backend=gather or sdpa_mask"):
         region_attention(q, k, v, torch.rand(1, 16) > 0.5, 8**-0.5, backend="flex")
 
 
@@ -146,7 +146,7 @@ def test_unknown_backend_is_a_config_error(make_tiny_model):
     with pytest.raises(ConfigError, match="attention backend"):
         set_attention_backend(make_tiny_model(), "xformers")
     with pytest.raises(ConfigError, match="attention backend"):
-        build_model(unet_config={}, vae_config={}, attention_backend="xformers")
+        build_model(unet_config={}, vae_config={}, fama={"backend": "xformers"})
 
 
 def test_model_output_is_the_same_with_every_backend(make_tiny_model):
@@ -158,7 +158,7 @@ def test_model_output_is_the_same_with_every_backend(make_tiny_model):
         for backend in ATTENTION_BACKENDS:
             switched = set_attention_backend(model, backend)
             assert switched == sum(isinstance(p, FocusAwareAttnProcessor) for p in model.unet.attn_processors.values())
-            assert model.config["attention_backend"] == backend
+            assert model.config["fama"]["backend"] == backend == model.fama.backend
             outputs[backend] = model(images, defocus)
     for backend in ATTENTION_BACKENDS[1:]:
         torch.testing.assert_close(outputs[backend], outputs["gather"], atol=1e-5, rtol=0)
@@ -168,10 +168,10 @@ def test_model_output_is_the_same_with_every_backend(make_tiny_model):
 
 
 def test_build_model_installs_the_configured_backend(make_tiny_model):
-    model = make_tiny_model(attention_backend="sdpa_mask")
+    model = make_tiny_model(fama={"backend": "sdpa_mask"})
     processors = [m for m in model.modules() if isinstance(m, FocusAwareAttnProcessor)]
     assert processors and all(p.backend == "sdpa_mask" for p in processors)
-    assert model.config["attention_backend"] == "sdpa_mask"
+    assert model.config["fama"]["backend"] == "sdpa_mask"
 
 
 def test_tokens_attend_only_within_their_region():

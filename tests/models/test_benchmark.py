@@ -27,12 +27,14 @@ def test_attention_benchmark_compares_every_backend_with_the_dense_reference(cap
     assert figures["picked_backend"] == figures["attention"]["64"]["fastest_backend"]  # the largest size decides
     for size in ("64", "16"):
         rows = figures["attention"][size]["rows"]
-        assert set(rows) == {"dense", "unmasked", *ATTENTION_BACKENDS}
-        # Every backend computes the same attention as the dense formula (float32 here).
-        assert all(rows[backend]["max_abs_error"] < 1e-5 for backend in ATTENTION_BACKENDS)
+        assert set(rows) == {"dense", "unmasked", "levels4", "soft", *ATTENTION_BACKENDS}
+        # Every backend computes the same attention as the dense formula (float32 here), and the ablation masks
+        # (levels:4 through the default backend, soft) as theirs.
+        assert all(rows[name]["max_abs_error"] < 1e-5 for name in (*ATTENTION_BACKENDS, "levels4", "soft"))
     check = figures["default_backend_vs_dense"]
     assert check["backend"] == "gather" and check["tokens"] == 64
-    assert len(document["tables"]["attention"]["rows"]) == 2 * (len(ATTENTION_BACKENDS) + 2)
+    assert len(document["tables"]["attention"]["rows"]) == 2 * (len(ATTENTION_BACKENDS) + 4)
+    assert "FAMA soft (dense bias)" in output and "FAMA levels:4 (gather)" in output
 
 
 def test_benchmark_without_results_writes_nothing(tmp_path, monkeypatch, capsys):

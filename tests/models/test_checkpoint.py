@@ -79,7 +79,7 @@ def test_official_checkpoint_import_reproduces_the_model(make_tiny_model, tmp_pa
 
 def test_official_import_checks_ranks(make_tiny_model, tmp_path, monkeypatch):
     write_official_checkpoint(_official_tiny(make_tiny_model), tmp_path / "lora.pkl", monkeypatch)
-    with pytest.raises(ConfigError, match="bokeh_lora_rank"):
+    with pytest.raises(ConfigError, match=r"fama\.rank"):
         import_official_checkpoint(tmp_path / "lora.pkl", model=make_tiny_model(bokeh_lora_rank=2))
 
 
@@ -118,7 +118,7 @@ def test_official_import_builds_on_the_sd21_folder(tiny_sd21_folder, tmp_path, m
     randomize(original.trainable_parameters("joint"), std=0.1)
     write_official_checkpoint(original, tmp_path / "lora.pkl", monkeypatch)
     imported = import_official_checkpoint(tmp_path / "lora.pkl", sd21_path=tiny_sd21_folder).eval()
-    assert imported.config["bokeh_lora_rank"] == 3
+    assert imported.config["fama"]["rank"] == 3
     images, defocus = inputs(batch=1)
     with torch.no_grad():
         torch.testing.assert_close(imported(images, defocus), original(images, defocus), atol=0, rtol=0)

@@ -65,7 +65,7 @@ def test_trained_bokeh_parameters_make_the_defocus_matter(make_tiny_model):
 
 
 def test_focus_mask_switch_changes_only_the_masked_branch(make_tiny_model):
-    masked, plain = make_tiny_model(), make_tiny_model(use_focus_mask=False)
+    masked, plain = make_tiny_model(), make_tiny_model(fama={"mask": "none"})
     plain.load_state_dict(masked.state_dict())
     for model in (masked, plain):
         randomize([p for n, p in model.named_parameters() if ".processor." in n], std=0.5)

@@ -62,7 +62,8 @@ def test_no_fama_really_drops_the_focus_mask(tmp_path, monkeypatch):
         unmasked = ablation(lq, defocus)
         assert seen and all(focus is None for focus in seen)  # the FAMA processors get no regions at all
         # = the full model with one region covering everything (an all-in-focus mask, so M ≡ 0) ...
-        monkeypatch.setattr("magicbokeh.models.model.in_focus_mask", lambda d: torch.ones_like(d, dtype=torch.bool))
+        one_band = lambda defocus, *args: torch.zeros_like(defocus, dtype=torch.long)  # noqa: E731
+        monkeypatch.setattr("magicbokeh.models.attention.defocus_bands", one_band)
         one_region = paper(lq, defocus)
     torch.testing.assert_close(unmasked, one_region, rtol=0, atol=1e-6)
     assert (unmasked - masked).abs().max() > 1e-3  # ... and not what the two-region mask gives
@@ -116,12 +117,13 @@ def test_no_da_depth_really_conditions_on_plain_depth_of_the_lq_input(tmp_path, 
     monkeypatch.setattr(DepthDefocus, "__call__", recording)
     overrides = [
         f"paths.depth_anything={plain}", "paths.da_depth=/nonexistent/da-depth",
-        "trainer.defocus_depth.size=tiny", "trainer.defocus_depth.input_size=null",
+        "trainer.defocus_depth.teacher.size=tiny", "trainer.defocus_depth.teacher.input_size=null",
     ]  # fmt: skip
     cfg = compose_config("train", ["experiment=ablation_no_da_depth", *overrides])
     # The plain Depth-Anything weights, not the degradation-aware student's (paths.da_depth does not even exist).
-    assert cfg.trainer.defocus_depth.weights == str(plain)
-    assert cfg.trainer.defocus_depth.config_key == "paths.depth_anything"
+    assert cfg.trainer.defocus_depth.source == "teacher_lq"
+    assert cfg.trainer.defocus_depth.teacher.weights == str(plain)
+    assert cfg.trainer.defocus_depth.teacher.config_key == "paths.depth_anything"
     _, batches = _train_toy(tmp_path, monkeypatch, "ablation_no_da_depth", *overrides)
     assert [phase for phase, _ in batches] == ["sr_pretrain", "bokeh"] and len(calls) == 2
     for (_, batch), (lq, ground_truth, _) in zip(batches, calls, strict=True):
