@@ -12,6 +12,7 @@ skip; magicbokeh/utils/results.py). The studies of the smoke recipe are scripts/
   inference    peak memory and time vs image size for the tiled pipeline       (magicbokeh.inference.benchmark)
   speed        unified model vs two-stage baselines: latency, memory, FLOPs    (magicbokeh.evaluation.speed)
   metrics      SSIM: separable window vs the direct 11×11 window, same values  (magicbokeh.evaluation.metric_benchmark)
+  readme       every README command as the docs test runs it: exit code, time  (magicbokeh.utils.readme_commands)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "inference": "magicbokeh.inference.benchmark",
     "speed": "magicbokeh.evaluation.speed",
     "metrics": "magicbokeh.evaluation.metric_benchmark",
+    "readme": "magicbokeh.utils.readme_commands",
 }
 
 

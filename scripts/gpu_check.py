@@ -234,6 +234,18 @@ def copy_to_out(results_dir: Path, out: Path, names: list[str]) -> list[str]:
     return copied
 
 
+def device_problem(device: str) -> str | None:
+    """Why this interpreter cannot run the check on ``device`` (None when it can)."""
+    try:
+        import torch
+    except ImportError:
+        return f"{sys.executable} cannot import torch: set PYTHON to an interpreter that has it"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return (f"--device {device} but torch {torch.__version__} sees no CUDA device here; "
+                "the dry run of the same steps is --device cpu --quick")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (the dry run)")
@@ -247,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--only", nargs="+", default=None, help="run only these steps (names as listed above)")
     args = parser.parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:  # before anything is written: a machine that cannot run the check gets one line, not 450 s of failures
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     if args.budget is None:
         args.budget = 450.0 if args.device.startswith("cuda") else 3 * 3600.0

@@ -2,7 +2,7 @@
 
 python scripts/study.py study=ablation_fama scale=smoke        # tiny model, synthetic data, CPU
 python scripts/study.py study=ablation_depth                   # paper scale (paths.* as for training)
-python scripts/study.py study=ablation_strategy launcher=slurm "launcher_overrides=[hydra.launcher.partition=gpu]"
+python scripts/study.py study=ablation_strategy launcher=slurm "launcher_overrides=['hydra.launcher.partition=gpu']"
 python scripts/study.py study=ablation_fama scale=smoke variants=[hard,none] seeds=[0,1]   # a subset
 python scripts/study.py study=ablation_fama scale=smoke stages=[table]   # the table again from the scores on disk
 A rerun of the same command resumes: finished runs and scores are kept, interrupted runs continue from their last

@@ -106,3 +106,17 @@ def test_main_records_steps_results_and_hands_them_to_out(gpu_check, tmp_path, m
     out = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert out == ["gpu_check.json", "gpu_check.log", "gpu_check_results.tar.gz"]
     assert "=== fails: failed" in (tmp_path / "r" / "gpu_check.log").read_text()
+
+
+def test_a_machine_that_cannot_run_the_check_gets_one_line_and_nothing_written(gpu_check, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu_check.main(["--results-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --device cuda but torch {torch.__version__} sees no CUDA device here; the dry run of the same steps "
+        "is --device cpu --quick"
+    ]
+    assert not (tmp_path / "out").exists()
+    assert gpu_check.device_problem("cpu") is None

@@ -16,6 +16,7 @@ settings of the run.
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 

@@ -93,7 +93,7 @@ def fama_from_build_arguments(
     return FamaSettings(**settings)
 
 
-def _check_sd21_folder(root: Path) -> None:
+def check_sd21_folder(root: Path) -> None:
     """Fail with one actionable error naming the first missing file of the diffusers layout."""
     if not root.is_dir():
         raise missing_weights(str(root), SD21_CONFIG_KEY, SD21_SOURCE)
@@ -110,7 +110,7 @@ def _load_components(sd21_path, unet_config, vae_config, scheduler_config):
         if unet_config is not None or vae_config is not None:
             raise ConfigError("give either sd21_path (pretrained weights) or unet_config/vae_config (random), not both")
         root = Path(sd21_path).expanduser()
-        _check_sd21_folder(root)
+        check_sd21_folder(root)
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True)

@@ -168,6 +168,13 @@ def study_from_config(cfg: DictConfig) -> Study:
     metrics = tuple(str(m) for m in (node.get("table") or {}).get("metrics") or ())
     if not metrics:
         raise ConfigError(f"study {node['name']}: table.metrics lists no metric")
+    # The study's own paths (weights, data; e.g. `python scripts/study.py ... paths.sd21=/weights/sd21`) hold for every
+    # run it launches; where the runs write is the study's to choose (out_dir), so output_dir is not passed on.
+    forwarded = tuple(
+        f"paths.{key}={'null' if value is None else value}"
+        for key, value in OmegaConf.to_container(cfg.paths, resolve=True).items()
+        if key != "output_dir"
+    )
     return Study(
         name=str(node["name"]),
         title=str(node.get("title", node["name"])),
@@ -175,9 +182,9 @@ def study_from_config(cfg: DictConfig) -> Study:
         variants=tuple(variants),
         seeds=seeds,
         experiment=str(train["experiment"]),
-        train_overrides=_strings(train.get("overrides"), "train.overrides"),
+        train_overrides=(*forwarded, *_strings(train.get("overrides"), "train.overrides")),
         benchmark=str(evaluate["benchmark"]),
-        eval_overrides=_strings(evaluate.get("overrides"), "evaluate.overrides"),
+        eval_overrides=(*forwarded, *_strings(evaluate.get("overrides"), "evaluate.overrides")),
         metrics=metrics,
         out_dir=Path(str(cfg.out_dir)).resolve(),
         paper=paper,
@@ -296,16 +303,24 @@ def _outside_the_running_app() -> Iterator[None]:
             state.initialize(running)
 
 
-def check_training_configs(study: Study) -> None:
-    """Compose the training config of every variant before anything runs: a typo fails here, in one line."""
+def check_training_configs(study: Study, launcher: str = "basic", launcher_overrides: Sequence[str] = ()) -> None:
+    """Before anything runs, in one line each: a variant whose training config does not compose (a typo), SD2.1
+    weights a variant would load and that are missing, a launcher this machine cannot use (Slurm without srun).
+    Otherwise every job of the sweep would start, load for minutes and fail alike."""
+    from magicbokeh.models.build import check_sd21_folder
+    from magicbokeh.utils.cli import check_overrides
+
     with _outside_the_running_app():
         for variant in study.variants:
             overrides = [f"experiment={study.experiment}", *study.train_overrides, *variant.train,
                          *study.extra_train_overrides]  # fmt: skip
             try:
-                compose_config("train", overrides)
+                cfg = compose_config("train", overrides)
             except Exception as error:  # Hydra's composition errors: unknown key, bad value, missing option
                 raise ConfigError(f"variant {variant.name} does not compose: {str(error).splitlines()[0]}") from None
+            if cfg.model.get("sd21_path") is not None:
+                check_sd21_folder(Path(str(cfg.model.sd21_path)))
+        check_overrides("train", [f"hydra/launcher={launcher}", *launcher_overrides], multirun=True)
 
 
 def training_sweep_command(study: Study, jobs: Sequence[Job], launcher: str, launcher_overrides: Sequence[str],
@@ -442,7 +457,7 @@ def run_study(
         logger.info("study %s (%s): %d of %d training runs to do (%s)", study.name, study.scale, len(todo), len(jobs),
                     ", ".join(j.name + (" resumes" if has_checkpoint(j) else "") for j in todo) or "none")  # fmt: skip
         if todo:
-            check_training_configs(study)
+            check_training_configs(study, launcher, launcher_overrides)
             _run(training_sweep_command(study, todo, launcher, launcher_overrides), "training")
     if "evaluate" in stages:
         missing = [job.name for job in jobs if not is_finished(job)]

@@ -203,7 +203,7 @@ def check_overrides(
             raise ConfigError(f"cannot parse the override '{text}': {_first_line(str(error))}") from None
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3", job_name=config_name):
         for variant in _variants(parsed, multirun):
-            _check_variant(config_name, variant)
+            _check_variant(config_name, variant, multirun)
 
 
 def _variants(parsed: Sequence[Any], multirun: bool) -> Iterator[list[tuple[Any, str | None]]]:
@@ -233,7 +233,7 @@ def _override_text(override: Any, value: str | None) -> str:
     return override.input_line if value is None else f"{override.get_key_element()}={value}"
 
 
-def _check_variant(config_name: str, variant: list[tuple[Any, str | None]]) -> None:
+def _check_variant(config_name: str, variant: list[tuple[Any, str | None]], multirun: bool = False) -> None:
     from hydra import compose
 
     texts = [_override_text(override, value) for override, value in variant]
@@ -251,6 +251,10 @@ def _check_variant(config_name: str, variant: list[tuple[Any, str | None]]) -> N
     missing = [key for key in _walk_keys(cfg) if not key.startswith("hydra.") and _is_missing(cfg, key)]
     if missing:
         raise ConfigError(f"missing required value '{missing[0]}' (set {missing[0]}=... on the command line)")
+    if multirun and "SlurmLauncher" in str(cfg.hydra.launcher.get("_target_", "")) and not shutil.which("srun"):
+        # submitit would say so with a traceback, after Hydra has set the sweep up
+        raise ConfigError("hydra/launcher=slurm needs a Slurm cluster, and 'srun' is not on this machine's PATH "
+                          "(hydra/launcher=local runs the same sweep here)")
 
 
 def _walk_keys(node: Any, prefix: str = "") -> Iterator[str]:

@@ -18,6 +18,7 @@ import yaml
 from magicbokeh.errors import ConfigError
 from magicbokeh.evaluation.manifest import checkpoint_record
 from magicbokeh.training.study import (
+    check_training_configs,
     evaluation_state,
     evaluation_sweep_command,
     job_overrides,
@@ -293,3 +294,14 @@ def test_depth_study_command_prepares_the_depth_models_and_runs_every_source(tmp
         "teacher_hq": ("depth_teacher", out / "depth" / "teacher"),
         "gt": None,  # the benchmark's own maps: no depth model
     }
+
+
+def test_the_studys_paths_reach_every_run_and_missing_weights_stop_it_before_any_job(tmp_path):
+    from magicbokeh.errors import MissingWeightsError
+
+    study = _config("study=ablation_fama", f"paths.output_dir={tmp_path}", "paths.sd21=/nowhere/sd21")
+    assert "paths.sd21=/nowhere/sd21" in study.train_overrides and "paths.sd21=/nowhere/sd21" in study.eval_overrides
+    assert not any(override.startswith("paths.output_dir=") for override in study.train_overrides)
+    with pytest.raises(MissingWeightsError, match="'/nowhere/sd21' does not exist.*paths.sd21"):
+        check_training_configs(study)
+    assert not (study.out_dir / "sweep").exists()  # no job was written, let alone started

@@ -167,3 +167,14 @@ def test_argparse_entry_points_report_mistakes_in_one_line(tmp_path):
 def test_hydra_full_error_shows_hydras_own_report(tmp_path):
     result = _run("train.py", "seeed=3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_a_slurm_sweep_without_slurm_is_one_line(monkeypatch):
+    import magicbokeh.utils.cli as cli
+
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)  # a machine without srun, whatever runs the tests
+    with pytest.raises(ConfigError, match="needs a Slurm cluster, and 'srun' is not on this machine's PATH"):
+        check_overrides("train", ["hydra/launcher=slurm", "experiment=smoke,sr_only"], multirun=True)
+    check_overrides("train", ["hydra/launcher=slurm"], multirun=False)  # a single run does not launch through it
+    monkeypatch.setattr(cli.shutil, "which", lambda name: f"/usr/bin/{name}")
+    check_overrides("train", ["hydra/launcher=slurm", "experiment=smoke,sr_only"], multirun=True)
