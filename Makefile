@@ -55,11 +55,18 @@ lint: install
 results: install
 	$(PY) scripts/train.py experiment=smoke
 	$(PY) scripts/benchmark.py degradation
+	$(PY) scripts/benchmark.py degradation-presets
 	$(PY) scripts/benchmark.py renderer
+	$(PY) scripts/benchmark.py model
+	$(PY) scripts/benchmark.py inference
+	$(PY) scripts/benchmark.py inference --small-images --results inference_small_images
 	$(PY) scripts/benchmark.py speed --size 256
+	$(PY) scripts/benchmark.py metrics --threads 1
 	$(PY) scripts/study_capacity.py
 	$(PY) scripts/study_smoke.py
 	$(PY) scripts/study_vsd.py
+	$(PY) scripts/study.py study=ablation_fama scale=smoke
+	$(PY) scripts/benchmark.py readme
 	$(PY) -m magicbokeh.utils.results README.md
 
 ## Re-render the README's result tables from results/*.json.

@@ -39,6 +39,7 @@ import torch
 
 from magicbokeh.errors import ParameterError
 from magicbokeh.utils.cli import ArgumentParser
+from magicbokeh.utils.results import chosen_results_name
 
 DEFAULT_SIZES = {
     "pointwise": "1024x768,2048x1536,4096x3072,8000x6000",
@@ -285,7 +286,10 @@ def main(argv: list[str]) -> int:
         "--small-images", action="store_true", help="time small photos padded to a tile (old) vs to the stride (new)"
     )
     parser.add_argument("--scales", default=None, help=f"--small-images: output scales (default {SMALL_IMAGE_SCALES})")
-    parser.add_argument("--results", default=None, help="--small-images: write results/NAME.json")
+    parser.add_argument(
+        "--results", default=None,
+        help="write results/NAME.json (default: 'inference' for the memory sweep, none for --small-images; 'none')",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.small_images:
         network = args.network or "tiny"
@@ -295,9 +299,9 @@ def main(argv: list[str]) -> int:
         scales = _parse_scales(args.scales or SMALL_IMAGE_SCALES)
         print(f"network={network} device={args.device} tile={tile}/{stride}: old pads to a tile, new to the stride")
         rows = small_image_speedup(sizes, scales, network=network, tile=tile, stride=stride, device=args.device)
-        if args.results:
+        if chosen_results_name(args.results):
             settings = {"network": network, "tile": tile, "stride": stride, "device": args.device}
-            print(f"wrote {_write_small_image_results(args.results, rows, settings)}")
+            print(f"wrote {_write_small_image_results(chosen_results_name(args.results), rows, settings)}")
         return 0
 
     args.network = args.network or "pointwise"
@@ -316,6 +320,7 @@ def main(argv: list[str]) -> int:
     header = f"{'size':>11} {'mode':>8} {'time s':>8} {'peak MB':>9} {'extra MB':>9} {'× img':>6} {'ratio':>6}"
     print(header + ("  device MB" if args.device.startswith("cuda") else ""))
     common = {"network": args.network, "color_fix": args.color_fix, "device": args.device, "io": args.io}
+    measured = []
     for size in sizes:
         rows = []
         if tile:
@@ -334,8 +339,44 @@ def main(argv: list[str]) -> int:
             if "device_peak_mb" in result:
                 line += f"  {result['device_peak_mb']:9.0f}"
             print(line, flush=True)
+            ratio_value = result["extra_mb"] / untiled["extra_mb"] if untiled and untiled["extra_mb"] > 0 else None
+            measured.append({"width": size[0], "height": size[1], "mode": mode, "ratio_to_untiled": ratio_value,
+                             **result})  # fmt: skip
     print("extra = peak RSS − RSS before the image; × img = extra / (W·H·3·4 bytes); ratio = extra / untiled extra")
+    name = chosen_results_name("inference" if args.results is None else args.results)
+    if name:
+        settings = {"network": args.network, "tile": tile, "stride": stride, "color_fix": args.color_fix,
+                    "device": args.device, "io": args.io}  # fmt: skip
+        print(f"wrote {_write_memory_results(name, measured, settings)}")
     return 0
+
+
+def _write_memory_results(name: str, rows: list[dict], settings: dict) -> Path:
+    from magicbokeh.utils.results import Table, write_results
+
+    columns = ["image", "mode", "time (s)", "peak RSS (MB)", "extra (MB)", "extra (× image)", "extra / untiled"]
+    device = str(settings["device"]).startswith("cuda")
+    if device:
+        columns.append("device peak (MB)")
+    table_rows = []
+    for row in rows:
+        cells = [f"{row['width']}×{row['height']}", row["mode"], row["seconds"], row["peak_mb"], row["extra_mb"],
+                 row["extra_images"], row["ratio_to_untiled"]]  # fmt: skip
+        table_rows.append(cells + ([row.get("device_peak_mb")] if device else []))
+    table = Table(columns, table_rows, ["", "", ".2f", ".0f", ".0f", ".2f", ".2f"] + ([".0f"] if device else []))
+    return write_results(
+        name,
+        {"settings": settings, "rows": rows},
+        title=f"Tiled inference: peak memory and time vs image size ({settings['network']} network, "
+        f"{settings['device']})",
+        tables={"memory": table},
+        notes=(
+            "Each row is one pipeline call in a fresh process; extra = peak resident memory minus the process's "
+            "peak before the image existed; × image = extra / one float32 RGB image of the output size. A pipeline "
+            "bounded by its tile keeps × image constant as the image grows; the untiled baseline is measured in the "
+            "same invocation where it fits."
+        ),
+    )
 
 
 if __name__ == "__main__":

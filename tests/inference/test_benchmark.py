@@ -60,3 +60,16 @@ def test_small_image_benchmark_times_both_paths_and_writes_a_results_file(tmp_pa
     path = _write_small_image_results("small", rows, {"network": "pointwise", "tile": 64, "stride": 32})
     document = json.loads(path.read_text())
     assert document["tables"]["speedup"]["rows"][0][:3] == ["20x12", 2.0, "40x24"]
+
+
+@pytest.mark.slow  # two child processes
+def test_memory_sweep_writes_its_results_file(results_elsewhere, capsys):
+    from magicbokeh.utils.results import Table, read_results
+
+    assert main(["--sizes", "64x48", "--tile", "32", "--stride", "16", "--results", "inference_test"]) == 0
+    document = read_results("inference_test")  # the tests' results folder (conftest.py)
+    table = Table.from_json(document["tables"]["memory"])
+    assert [row[:2] for row in table.rows] == [["64×48", "tiled"], ["64×48", "untiled"]]
+    tiled, untiled = document["figures"]["rows"]
+    assert table.rows[0][4] == tiled["extra_mb"] and untiled["ratio_to_untiled"] == pytest.approx(1.0)
+    assert document["figures"]["settings"]["tile"] == 32 and "wrote" in capsys.readouterr().out
