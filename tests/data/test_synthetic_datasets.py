@@ -10,7 +10,7 @@ from magicbokeh.data.degradations import RealESRGANDegradation
 from magicbokeh.optics.defocus import defocus_map
 from magicbokeh.utils.config import CONFIG_DIR, compose_config
 
-KEYS = {"lq", "target", "task", "disparity", "focus_disparity", "K", "defocus", "meta"}
+KEYS = {"lq", "hq", "target", "task", "disparity", "focus_disparity", "K", "defocus", "meta"}
 
 
 def test_synthetic_bokeh_contract_and_reproducibility():
@@ -19,7 +19,7 @@ def test_synthetic_bokeh_contract_and_reproducibility():
     )
     sample = dataset[2]
     assert set(sample) == KEYS and sample["task"] == "bokeh" and len(dataset) == 5
-    assert sample["lq"].shape == sample["target"].shape == (3, 32, 32)
+    assert sample["lq"].shape == sample["target"].shape == sample["hq"].shape == (3, 32, 32)
     assert sample["disparity"].shape == sample["defocus"].shape == (1, 32, 32)
     assert 16 <= float(sample["K"]) <= 32 and sample["meta"]["focus_rule"] == "subject"
     expected = defocus_map(sample["disparity"][None], sample["focus_disparity"], sample["K"])[0]
