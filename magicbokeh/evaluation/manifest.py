@@ -48,12 +48,20 @@ class StaleRunError(ConfigError):
 
 
 def sha256_of_files(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the files' names and contents, in order (read in 1 MiB blocks: checkpoints can be large)."""
+    """sha256 over the files' names and contents, in order (read in 1 MiB blocks: checkpoints can be large).
+
+    A ``.safetensors`` file counts by its content: its JSON header with sorted keys, then its tensor bytes. The
+    library writes the header's metadata from a hash map, in an order that changes from one process to the next, so
+    two saves of the same weights may differ in their raw bytes while holding the same content."""
     digest = hashlib.sha256()
     for path in paths:
         path = Path(path)
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as handle:
+            if path.suffix == ".safetensors":
+                header_length = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(header_length))
+                digest.update(json.dumps(header, sort_keys=True).encode())
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

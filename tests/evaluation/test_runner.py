@@ -177,3 +177,24 @@ def test_table_places_the_papers_row_beside_ours():
     assert "lpips" not in table.split("Against")[1]  # not scored: no row
     summary["methods"]["model"] = {}
     assert "no metric of the published row was scored" in runner.markdown_table(summary)
+
+
+def test_a_checkpoint_hash_ignores_the_order_of_safetensors_metadata(tmp_path):
+    """safetensors writes its metadata from a hash map: the same weights saved by two processes may list the keys in
+    another order; the checkpoint's identity must not change with it (and must change with the weights)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from magicbokeh.evaluation.manifest import checkpoint_record
+
+    tensors = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
+    records = []
+    for name, metadata in (("one", {"format": "pt", "x": "1"}), ("two", {"x": "1", "format": "pt"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file(tensors, str(folder / "model.safetensors"), metadata=metadata)
+        (folder / "config.json").write_text("{}")
+        records.append(checkpoint_record(folder)["sha256"])
+    assert records[0] == records[1]
+    save_file({**tensors, "a": torch.arange(4.0) + 1}, str(tmp_path / "two" / "model.safetensors"), metadata={"x": "1"})
+    assert checkpoint_record(tmp_path / "two")["sha256"] != records[0]
