@@ -312,12 +312,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT", help="run the commands containing TEXT")
     add_results_option(parser, "readme_commands")
     args = parser.parse_args(argv)
-    steps = load_plan()
-    if args.only:
-        steps = [step for step in steps if any(text in step.text for text in args.only)]
+    plan = load_plan()
+    steps = [step for step in plan if not args.only or any(text in step.text for text in args.only)]
     lines = {command.text: command.line for command in readme_commands(README.read_text())}
     with tempfile.TemporaryDirectory(prefix="readme_commands_") as scratch:
-        runner = PlanRunner(load_plan(), Path(scratch))
+        runner = PlanRunner(plan, Path(scratch))  # the whole plan: a chosen step's needs may be outside --only
         outcomes = [runner.run(step) for step in progress_bar(steps, desc="README commands", unit="command")]
     rows = []
     for outcome, record in zip(outcomes, plan_summary(outcomes)):
