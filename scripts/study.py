@@ -11,6 +11,9 @@ checkpoint (magicbokeh/training/study.py).
 
 from __future__ import annotations
 
+import signal
+import sys
+
 from omegaconf import DictConfig
 
 from magicbokeh.utils.cli import hydra_main
@@ -33,5 +36,12 @@ def main(cfg: DictConfig) -> None:
     )
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM (kill, a scheduler's time limit) as SystemExit: the running stage records its time and stops its
+    sweep's jobs on the way out (magicbokeh.training.study)."""
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main()

@@ -22,6 +22,10 @@ of these (the ``smoke`` scale: tiny model, synthetic data, CPU). Then, into one 
    deviation of the per-seed benchmark means), the paper's value beside it when the study is scored on the paper's
    benchmark; Markdown, CSV, a bar plot and a results file.
 
+Each prepare / train / evaluate stage that has work to do appends its wall time to ``<out_dir>/timing.jsonl``,
+interrupted ones too (Ctrl-C, SIGTERM; marked ``"completed": false``): the table stage reports what the study cost
+summed over every invocation, so a study that was interrupted and resumed still reports its whole cost.
+
 Precedence: a job file holds the study's shared settings, then the variant's, then the caller's
 (``train_overrides=`` / ``eval_overrides=``), so a variant's value beats a shared one and the caller's beats both.
 What a config file cannot hold (config-group choices such as ``experiment=``, ``model=sd21``, ``metrics=paper``;
@@ -34,8 +38,10 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +59,7 @@ logger = get_logger(__name__)
 REPO_ROOT = CONFIG_DIR.parent
 STAGES = ("prepare", "train", "evaluate", "table")
 RUN_GROUP, EVAL_GROUP = "study_run", "study_eval"
+TIMING_FILE = "timing.jsonl"  # one line per stage that did work: {stage, jobs, seconds, completed, date}
 FINAL_FILES = ("model.safetensors", "config.json")  # written in this order by save_pretrained: both = finished
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -415,14 +422,52 @@ def read_scores(study: Study) -> dict[str, dict[int, dict[str, float | None]]]:
 
 
 # ---------------------------------------------------------------------------------------------------------- runner
-def _run(command: list[str], what: str) -> None:
+def run_stage_command(command: list[str], what: str) -> None:
     """Run a script in the repository with this environment; its output streams to ours."""
     logger.info("%s: %s", what, " ".join(command))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     # The caller's working directory: relative paths of the config (outputs/, data/) mean the same in the scripts.
-    done = subprocess.run(command, cwd=Path.cwd(), env=env, check=False)
-    if done.returncode != 0:
-        raise ConfigError(f"the {what} step failed (exit {done.returncode}); rerun the study to continue it")
+    # Its own process group, which holds the launcher's jobs too (submitit's local subprocesses): when the study
+    # stops (Ctrl-C, or SIGTERM, which scripts/study.py turns into SystemExit) they stop with it instead of training
+    # on unseen. Checkpoints are published atomically, so a rerun resumes from the last complete one.
+    process = subprocess.Popen(command, cwd=Path.cwd(), env=env, process_group=0)
+    try:
+        code = process.wait()
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    if code != 0:
+        raise ConfigError(f"the {what} step failed (exit {code}); rerun the study to continue it")
+
+
+@contextlib.contextmanager
+def timed_stage(study: Study, stage: str, jobs: Sequence[str]) -> Iterator[None]:
+    """Append the wall time of ``stage`` to the study's timing log, whether it finished or not."""
+    from datetime import datetime, timezone
+
+    started, completed = time.perf_counter(), False
+    try:
+        yield
+        completed = True
+    finally:
+        record = {
+            "stage": stage,
+            "jobs": list(jobs),
+            "seconds": round(time.perf_counter() - started, 1),
+            "completed": completed,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(study.out_dir / TIMING_FILE, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+def read_timing(study: Study) -> list[dict[str, Any]]:
+    """The records of the study's timing log, oldest first (none before the first stage that did work)."""
+    path = study.out_dir / TIMING_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run_study(
@@ -449,7 +494,9 @@ def run_study(
             if Path(step["creates"]).exists():
                 continue
             script, *arguments = step["command"]
-            _run([sys.executable, str(REPO_ROOT / script), *arguments], f"prepare ({step['creates']})")
+            with timed_stage(study, "prepare", [step["creates"]]):
+                prepare = [sys.executable, str(REPO_ROOT / script), *arguments]
+                run_stage_command(prepare, f"prepare ({step['creates']})")
             if not Path(step["creates"]).exists():
                 raise DatasetError(f"the prepare step '{' '.join(step['command'])}' did not create {step['creates']}")
     if "train" in stages:
@@ -458,7 +505,9 @@ def run_study(
                     ", ".join(j.name + (" resumes" if has_checkpoint(j) else "") for j in todo) or "none")  # fmt: skip
         if todo:
             check_training_configs(study, launcher, launcher_overrides)
-            _run(training_sweep_command(study, todo, launcher, launcher_overrides), "training")
+            with timed_stage(study, "train", [job.name for job in todo]):
+                sweep = training_sweep_command(study, todo, launcher, launcher_overrides)
+                run_stage_command(sweep, "training")
     if "evaluate" in stages:
         missing = [job.name for job in jobs if not is_finished(job)]
         if missing:
@@ -466,9 +515,13 @@ def run_study(
         todo = [job for job in jobs if evaluation_state(job, study.metrics) != "done"]
         logger.info("study %s (%s): %d of %d evaluations to do", study.name, study.scale, len(todo), len(jobs))
         if todo:
-            _run(evaluation_sweep_command(study, todo, eval_launcher, eval_launcher_overrides), "evaluation")
+            with timed_stage(study, "evaluate", [job.name for job in todo]):
+                sweep = evaluation_sweep_command(study, todo, eval_launcher, eval_launcher_overrides)
+                run_stage_command(sweep, "evaluation")
     if "table" not in stages:
         return None
     from magicbokeh.training.study_report import write_study_report
 
-    return write_study_report(study, read_scores(study), results=results, figure=figure, command=command)
+    return write_study_report(
+        study, read_scores(study), read_timing(study), results=results, figure=figure, command=command
+    )

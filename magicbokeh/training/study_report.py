@@ -9,7 +9,9 @@ copy when asked):
     table.md    the Markdown table (+ the variants' overrides and the paper rows they correspond to)
     table.csv   one row per variant: mean, std, seeds and paper value per metric
     table.png   bar plot, one panel (bar group) per metric, one bar per variant, error bars = std over seeds
-    results/<name>.json   the same figures through :func:`magicbokeh.utils.results.write_results`
+    results/<name>.json   the same figures through :func:`magicbokeh.utils.results.write_results`, with a second
+                          table ``time``: the wall time of each stage summed over the study's invocations
+                          (``<out_dir>/timing.jsonl``, :func:`magicbokeh.training.study.read_timing`)
 """
 
 from __future__ import annotations
@@ -97,6 +99,33 @@ def study_figures(study: Study, scores: dict[str, dict[int, dict[str, float | No
         "paper_comparable": comparable,
         "variants": variants,
     }
+
+
+TIMED_STAGES = ("prepare", "train", "evaluate")
+
+
+def study_time(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wall time per stage summed over invocations (interrupted ones included: their work counts), the number of
+    invocations that did work in each, and the total."""
+    stages = {
+        stage: {
+            "seconds": sum(r["seconds"] for r in records if r["stage"] == stage),
+            "invocations": sum(1 for r in records if r["stage"] == stage),
+            "interrupted": sum(1 for r in records if r["stage"] == stage and not r["completed"]),
+        }
+        for stage in TIMED_STAGES
+    }
+    return {"stages": stages, "total_seconds": sum(entry["seconds"] for entry in stages.values())}
+
+
+def time_table(time: dict[str, Any]) -> Table:
+    """The results :class:`Table` ``time``: one row per stage and the total, in minutes."""
+    rows = [
+        [stage, entry["invocations"], entry["interrupted"], entry["seconds"] / 60]
+        for stage, entry in time["stages"].items()
+    ]
+    rows.append(["total", None, None, time["total_seconds"] / 60])
+    return Table(["stage", "invocations", "of them interrupted", "wall time (min)"], rows, ["", "d", "d", ".1f"])
 
 
 def study_table(figures: dict[str, Any]) -> Table:
@@ -204,6 +233,7 @@ def plot_study(figures: dict[str, Any], path: str | os.PathLike) -> Path:
 def write_study_report(
     study: Study,
     scores: dict[str, dict[int, dict[str, float | None]]],
+    timing: list[dict[str, Any]] | None = None,
     *,
     results: str | None = None,
     figure: str | os.PathLike | None = None,
@@ -212,6 +242,7 @@ def write_study_report(
     """Write table.md, table.csv and table.png into the study folder, the results file ``results`` (under
     ``results/``) and a copy of the plot at ``figure``; returns the figures."""
     figures = study_figures(study, scores)
+    figures["time"] = study_time(timing or [])
     table = study_table(figures)
     out = study.out_dir
     atomic_write_text(out / "table.md", _markdown(study, figures, table))
@@ -226,7 +257,8 @@ def write_study_report(
     if results is not None:
         path = write_results(
             results, figures, title=f"{study.title} ({study.scale} scale, {study.benchmark})",
-            tables={"table": table}, command=command, seed=None, notes=study.notes or None,
+            tables={"table": table, "time": time_table(figures["time"])}, command=command, seed=None,
+            notes=study.notes or None,
         )  # fmt: skip
         print(f"results: {path}")
     return figures

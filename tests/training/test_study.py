@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,13 @@ from magicbokeh.training.study import (
     evaluation_state,
     evaluation_sweep_command,
     job_overrides,
+    read_timing,
+    run_stage_command,
     study_from_config,
+    timed_stage,
     training_sweep_command,
 )
-from magicbokeh.training.study_report import study_figures, study_table
+from magicbokeh.training.study_report import study_figures, study_table, study_time, time_table
 from magicbokeh.training.tracking import RUN_UID_FILE, read_metrics
 from magicbokeh.utils.config import CONFIG_DIR, compose_config
 from tests.training.test_train_smoke import REPO
@@ -181,6 +187,72 @@ def test_table_mean_std_and_the_paper_only_on_its_benchmark(tmp_path):
     assert table.columns == ["variant", "paper row", "psnr_y ↑", "lpips ↓"]  # another benchmark: no paper values
 
 
+def test_an_interrupted_stage_still_counts_towards_the_study_time(tmp_path):
+    study = _config("study=ablation_fama", "scale=smoke", f"paths.output_dir={tmp_path}")
+    study.out_dir.mkdir(parents=True)
+    with pytest.raises(ConfigError), timed_stage(study, "train", ["hard_seed0", "none_seed0"]):
+        raise ConfigError("the training step failed")  # as run_stage_command raises when the sweep dies
+    with timed_stage(study, "train", ["none_seed0"]):
+        pass
+    records = read_timing(study)
+    assert [(r["jobs"], r["completed"]) for r in records] == [
+        (["hard_seed0", "none_seed0"], False), (["none_seed0"], True)
+    ]  # fmt: skip
+    time = study_time(records)
+    assert time["stages"]["train"] == {"seconds": records[0]["seconds"] + records[1]["seconds"], "invocations": 2,
+                                       "interrupted": 1}  # fmt: skip
+    assert time["stages"]["prepare"] == {"seconds": 0, "invocations": 0, "interrupted": 0}
+    table = time_table(time)
+    assert [row[0] for row in table.rows] == ["prepare", "train", "evaluate", "total"]
+    assert table.rows[-1][-1] == pytest.approx(time["total_seconds"] / 60)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # a zombie no longer runs: it waits for init to reap it
+
+
+def test_a_stopped_study_stops_its_sweeps_jobs_too(tmp_path):
+    """A stage's sweep runs its launcher jobs in subprocesses of its own (submitit's local launcher): when the study
+    is stopped, those must stop too, not train on unseen."""
+    pid_file = tmp_path / "job.pid"
+    sweep = (
+        "import subprocess, sys; job = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(job.pid)); job.wait()"
+    )
+
+    def stop_once_the_job_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def raise_stopped(signum, frame):
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGUSR1, raise_stopped)
+    try:
+        threading.Thread(target=stop_once_the_job_runs, daemon=True).start()
+        with pytest.raises(_Stopped):
+            run_stage_command([sys.executable, "-c", sweep], "training")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    job = int(pid_file.read_text())
+    deadline = time.monotonic() + 20
+    while not _process_is_gone(job) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _process_is_gone(job)
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_micro_study_makes_the_table_and_resumes_without_retraining(tmp_path):
@@ -229,6 +301,14 @@ def test_micro_study_makes_the_table_and_resumes_without_retraining(tmp_path):
     evaluated = {job for job in jobs if (out / "eval" / job / "summary.json").stat().st_mtime_ns != summaries[job]}
     assert evaluated == {"hard_seed0"}
     assert checkpoint_record(interrupted / "final")["sha256"] == manifest["predictions"]["checkpoint"]["sha256"]
+    # The study's cost is that of both invocations, each stage counted where it did work.
+    records = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["jobs"]) for r in records] == [
+        ("train", jobs), ("evaluate", jobs), ("train", ["none_seed1"]), ("evaluate", ["hard_seed0"])
+    ]  # fmt: skip
+    time = json.loads((tmp_path / "micro_study.json").read_text())["figures"]["time"]
+    assert time["stages"]["train"]["invocations"] == 2 and time["stages"]["prepare"]["invocations"] == 0
+    assert time["total_seconds"] == pytest.approx(sum(r["seconds"] for r in records))
 
 
 def test_scores_of_another_checkpoint_are_redone_with_overwrite(tmp_path, tiny_model):
