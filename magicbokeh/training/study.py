@@ -504,8 +504,8 @@ def run_study(
         logger.info("study %s (%s): %d of %d training runs to do (%s)", study.name, study.scale, len(todo), len(jobs),
                     ", ".join(j.name + (" resumes" if has_checkpoint(j) else "") for j in todo) or "none")  # fmt: skip
         if todo:
-            check_training_configs(study, launcher, launcher_overrides)
             with timed_stage(study, "train", [job.name for job in todo]):
+                check_training_configs(study, launcher, launcher_overrides)
                 sweep = training_sweep_command(study, todo, launcher, launcher_overrides)
                 run_stage_command(sweep, "training")
     if "evaluate" in stages:
