@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import itertools
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from magicbokeh.inference.sweeps import refocus_sweep, write_sweep
 from magicbokeh.optics import K_MAX, HighlightBoost, in_focus_mask
 from magicbokeh.optics.aperture import APERTURE_SHAPES, ApertureSpec
 from magicbokeh.utils.logging import get_logger
+from magicbokeh.utils.serving import free_port
 
 logger = get_logger(__name__)
 
@@ -552,13 +552,6 @@ def build_app(demo: BokehDemo, defaults: PageDefaults) -> gr.Blocks:
             control.input(on_render, render_inputs, render_outputs, **rendering)
         sweep_button.click(on_sweep, [session, *settings_inputs], [sweep_view, status], show_progress_on=[sweep_view])
     return app
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it); ``server.port=0`` in the config."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def launch(app: gr.Blocks, *, host: str, port: int, max_upload: str, allowed_paths: Sequence[str]) -> str:

@@ -20,16 +20,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from magicbokeh.utils.serving import free_port, stop_process, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -114,12 +114,6 @@ def unplanned(commands: list[ReadmeCommand], steps: list[Step]) -> tuple[list[st
     documented = [command.text for command in commands]
     planned = [step.text for step in steps]
     return [c for c in documented if c not in planned], [p for p in planned if p not in documented]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def command_words(step: Step, fill: dict[str, str]) -> list[str]:
@@ -215,23 +209,13 @@ def _serve(step: Step, words: list[str], env: dict[str, str], port: str, started
     with open(log_path, "w") as log:
         process = subprocess.Popen(words, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = started + step.timeout_s
-        while process.poll() is None and time.perf_counter() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        return Outcome(step, words, None, time.perf_counter() - started, f"answered on {url}")
-            except OSError:
-                time.sleep(0.5)
+        remaining = step.timeout_s - (time.perf_counter() - started)
+        if wait_until_serving(url, process, remaining):
+            return Outcome(step, words, None, time.perf_counter() - started, f"answered on {url}")
         code = process.poll()
         return Outcome(step, words, -1 if code is None else code, time.perf_counter() - started, log_path.read_text())
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def describe(step: Step) -> str:

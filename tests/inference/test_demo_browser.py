@@ -15,8 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,7 +27,7 @@ from PIL import Image
 from magicbokeh.data.io import tensor_to_uint8_array
 from magicbokeh.data.middlebury import load_stereo_motorcycle
 from magicbokeh.data.transforms import upsample
-from magicbokeh.inference.demo import free_port
+from magicbokeh.utils.serving import free_port, stop_process, wait_until_serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a server and a browser start: ~1 min on 2 busy cores
 
@@ -69,25 +67,12 @@ def server(tmp_path_factory):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the demo exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the demo did not answer on {url}:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+        if not wait_until_serving(url, process, timeout_s=300):
+            state = "did not answer" if process.poll() is None else f"exited with {process.returncode}"
+            pytest.fail(f"the demo {state} on {url}:\n{log_path.read_text()[-3000:]}")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture
