@@ -18,52 +18,15 @@ from magicbokeh.utils.cli import hydra_main
 def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
-    import torch
-    from hydra.utils import instantiate
-
-    from magicbokeh.depth import build_depth_model
-    from magicbokeh.depth.focus import load_saliency_model
     from magicbokeh.errors import ConfigError
-    from magicbokeh.inference.batch import LazyDepthModel
-    from magicbokeh.inference.classical import ClassicalPipeline
     from magicbokeh.inference.demo import BokehDemo, PageDefaults, build_app, launch, shipped_samples
-    from magicbokeh.inference.pipeline import MagicBokehPipeline
-    from magicbokeh.inference.presets import get_preset
-    from magicbokeh.models import MagicBokehModel
+    from magicbokeh.inference.from_config import RenderingSetup
     from magicbokeh.utils.seeding import seed_everything
 
     seed_everything(cfg.seed)
-    preset = get_preset(cfg.preset)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    depth_model = LazyDepthModel(
-        lambda: build_depth_model(
-            cfg.depth_model.size,
-            cfg.depth_model.weights,
-            input_size=cfg.depth_model.input_size,
-            preprocessing=preset.depth_preprocessing,
-            config_key="depth_model.weights",
-            device=device,
-        )
-    )
-    saliency_model = load_saliency_model(cfg.saliency, config_key="saliency", device=device)
-    classical = ClassicalPipeline(
-        instantiate(cfg.renderer), device=device, depth_model=depth_model, saliency_model=saliency_model
-    )
-    model = None
-    if cfg.ckpt is not None:
-        model = MagicBokehPipeline(
-            MagicBokehModel.from_pretrained(cfg.ckpt, sd21_path=cfg.sd21),
-            depth_model,
-            preset=preset.name,
-            tile_size=cfg.tile.size,
-            tile_stride=cfg.tile.stride,
-            tile_batch_size=cfg.tile.batch,
-            color_fix=cfg.color_fix,
-            device=device,
-            precision=cfg.precision,
-            merge_lora=cfg.merge_lora,
-            saliency_model=saliency_model,
-        )
+    setup = RenderingSetup.from_config(cfg)
+    classical = setup.classical()
+    model = setup.network() if cfg.ckpt is not None else None
     if cfg.ui.mode not in ("auto", "model", "classical"):
         raise ConfigError(f"ui.mode must be auto, model or classical, got {cfg.ui.mode!r}")
     mode = ("model" if model is not None else "classical") if cfg.ui.mode == "auto" else cfg.ui.mode

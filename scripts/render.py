@@ -37,23 +37,10 @@ def _number_list(cfg: DictConfig, key: str) -> list[float] | None:
 
 @hydra_main("render")
 def main(cfg: DictConfig) -> None:
-    import torch
-    from hydra.utils import instantiate
-
-    from magicbokeh.depth import build_depth_model
-    from magicbokeh.depth.focus import load_saliency_model
     from magicbokeh.errors import ConfigError
-    from magicbokeh.inference.batch import (
-        LazyDepthModel,
-        RenderOptions,
-        collect_inputs,
-        focus_from_config,
-        render_inputs,
-    )
-    from magicbokeh.inference.classical import ClassicalPipeline
-    from magicbokeh.inference.pipeline import MagicBokehPipeline
+    from magicbokeh.inference.batch import RenderOptions, collect_inputs, focus_from_config, render_inputs
+    from magicbokeh.inference.from_config import RenderingSetup
     from magicbokeh.inference.presets import get_preset
-    from magicbokeh.models import MagicBokehModel
     from magicbokeh.utils.seeding import seed_everything
 
     if cfg.input is None:
@@ -75,38 +62,13 @@ def main(cfg: DictConfig) -> None:
         sweep_max_side=cfg.sweep.max_side,
     )
     seed_everything(cfg.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    depth_model = LazyDepthModel(
-        lambda: build_depth_model(
-            cfg.depth_model.size,
-            cfg.depth_model.weights,
-            input_size=cfg.depth_model.input_size,
-            preprocessing=preset.depth_preprocessing,
-            config_key="depth_model.weights",
-            device=device,
-        )
-    )
-    saliency_model = load_saliency_model(cfg.saliency, config_key="saliency", device=device)
+    setup = RenderingSetup.from_config(cfg)
     if cfg.mode == "model":
         if cfg.ckpt is None:
             raise ConfigError("mode=model needs ckpt=CHECKPOINT_DIR (or use mode=classical for the optics renderer)")
-        pipeline = MagicBokehPipeline(
-            MagicBokehModel.from_pretrained(cfg.ckpt, sd21_path=cfg.sd21),
-            depth_model,
-            preset=preset.name,
-            tile_size=cfg.tile.size,
-            tile_stride=cfg.tile.stride,
-            tile_batch_size=cfg.tile.batch,
-            color_fix=cfg.color_fix,
-            device=device,
-            precision=cfg.precision,
-            merge_lora=cfg.merge_lora,
-            saliency_model=saliency_model,
-        )
+        pipeline = setup.network()
     elif cfg.mode == "classical":
-        pipeline = ClassicalPipeline(
-            instantiate(cfg.renderer), device=device, depth_model=depth_model, saliency_model=saliency_model
-        )
+        pipeline = setup.classical()
     else:
         raise ConfigError(f"mode must be 'model' or 'classical', got {cfg.mode!r}")
 
