@@ -66,6 +66,8 @@ results: install
 	$(PY) scripts/study_smoke.py
 	$(PY) scripts/study_vsd.py
 	$(PY) scripts/study.py study=ablation_fama scale=smoke
+	$(PY) scripts/study.py study=ablation_depth scale=smoke
+	$(PY) scripts/study.py study=ablation_strategy scale=smoke
 	$(PY) scripts/benchmark.py readme
 	$(PY) -m magicbokeh.utils.results README.md
 
