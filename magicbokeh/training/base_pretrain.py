@@ -229,6 +229,28 @@ def heldout_reconstruction(model: torch.nn.Module, dataset, device: torch.device
     return {name: total / len(dataset) for name, total in totals.items()}
 
 
+def write_standin_results(metadata: dict[str, Any], file: str | os.PathLike, name: str) -> Path:
+    """``results/<name>.json`` of a stand-in VAE fit, from the fit's ``metadata`` (what :func:`save_standin_vae`
+    stores): its held-out history as a table, with the fit's own command, seed and environment. The environment is
+    the one recorded before the weights were written: the new weights file itself makes the tree dirty."""
+    from magicbokeh.utils.results import Table, write_results
+
+    columns = ["step", "train MSE", "held-out targets (dB)", "inputs (dB)", "inputs after a round trip (dB)"]
+    keys = ["step", "train_mse", "target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"]
+    history = metadata["history"]
+    table = Table(columns, [[row[key] for key in keys] for row in history], ["d", ".5f", ".2f", ".2f", ".2f"])
+    figures = {key: value for key, value in metadata.items() if key not in ("command", "environment")}
+    return write_results(
+        name,
+        {**figures, "file": str(file)},
+        title="stand-in VAE fit: held-out reconstruction PSNR during the fit",
+        tables={"history": table},
+        command=metadata["command"],
+        seed=int(metadata["seed"]),
+        recorded_environment=metadata["environment"],
+    )
+
+
 def fit_standin_from_config(cfg) -> Path:
     """``scripts/fit_standin_vae.py``: fit the tiny model's VAE as set in ``cfg.standin_vae``, report it on the
     held-out SR set (``cfg.data.val_sr``) as it goes, and write it to ``cfg.standin_vae.out``."""
@@ -238,7 +260,7 @@ def fit_standin_from_config(cfg) -> Path:
     from omegaconf import OmegaConf
 
     from magicbokeh.utils.distributed import build_accelerator
-    from magicbokeh.utils.results import Table, current_command, environment, write_results
+    from magicbokeh.utils.results import current_command, environment
     from magicbokeh.utils.seeding import seed_everything
 
     settings = cfg.get("standin_vae")
@@ -317,17 +339,6 @@ def fit_standin_from_config(cfg) -> Path:
     out = save_standin_vae(model, settings.out, metadata)
     print(f"stand-in VAE written to {out} ({summary}; {seconds:.0f} s)")
     if settings.get("results_name"):
-        columns = ["step", "train MSE", "held-out targets (dB)", "inputs (dB)", "inputs after a round trip (dB)"]
-        keys = ["step", "train_mse", "target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"]
-        table = Table(columns, [[row[key] for key in keys] for row in history], ["d", ".5f", ".2f", ".2f", ".2f"])
-        figures = {key: value for key, value in metadata.items() if key not in ("command", "environment")}
-        path = write_results(
-            str(settings.results_name),
-            {**figures, "file": str(out)},
-            title="stand-in VAE fit: held-out reconstruction PSNR during the fit",
-            tables={"history": table},
-            command=metadata["command"],
-            seed=int(cfg.seed),
-        )
+        path = write_standin_results(metadata, out, str(settings.results_name))
         print(f"results file {path}")
     return out

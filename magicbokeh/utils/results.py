@@ -174,9 +174,12 @@ def write_results(
     seed: int | None = None,
     notes: str | None = None,
     out_dir: str | os.PathLike | None = None,
+    recorded_environment: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``<out_dir or results/>/<name>.json`` atomically; returns its path. ``command`` defaults to this
-    process's command line (give it when the figures came from a sub-process or a library call)."""
+    process's command line (give it when the figures came from a sub-process or a library call);
+    ``recorded_environment`` to this moment's :func:`environment` (give the one recorded when the figures were made
+    when the run has since written into the tracked tree)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"results name '{name}' may only hold letters, digits, '_', '.' and '-'")
     document = {
@@ -185,7 +188,7 @@ def write_results(
         "title": title,
         "command": command or current_command(),
         "seed": seed,
-        "environment": environment(),
+        "environment": dict(recorded_environment) if recorded_environment is not None else environment(),
         "figures": _jsonable(figures),
         "tables": {key: _jsonable(table.to_json()) for key, table in (tables or {}).items()},
     }

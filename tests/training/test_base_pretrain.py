@@ -159,6 +159,9 @@ def test_fitting_script_writes_a_file_the_training_run_loads(tmp_path):
     document = read_results(cfg.standin_vae.results_name)
     assert [row[0] for row in document["tables"]["history"]["rows"]] == [2, 4]
     assert document["figures"]["history"] == metadata["history"] and document["seed"] == cfg.seed
+    # ... recorded as the file records it (checked before the weights were written: writing the shipped file would
+    # make the tree look modified)
+    assert document["environment"] == metadata["environment"] and document["command"] == metadata["command"]
     assert {"target_reconstruction_psnr", "input_psnr", "input_roundtrip_psnr"} <= set(metadata["history"][-1])
     assert metadata["settings"]["steps"] == 4
     assert metadata["degradation"]["scale"] == cfg.standin_vae.degradation_scale  # the node's pinned recipe
