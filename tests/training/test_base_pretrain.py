@@ -209,11 +209,6 @@ def test_the_shipped_smoke_vae_fits_the_smoke_model():
     assert final["target_reconstruction_psnr"] > 25.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped file was fitted before the fit recorded its command, seed, degradation and environment: "
-    f"re-fit it with `{STANDIN_SCRIPT}` and remove this mark",
-)
 def test_the_shipped_smoke_vae_records_what_the_current_fit_writes():
     """The shipped file's metadata has exactly the keys the fitting code writes, and the recipe of the smoke config's
     standin_vae node: the file was made by the current code and can be made again from what it records."""
