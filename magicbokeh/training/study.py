@@ -342,6 +342,9 @@ def training_sweep_command(study: Study, jobs: Sequence[Job], launcher: str, lau
         content.update(
             seed=job.seed,
             resume="latest" if has_checkpoint(job) else None,
+            # the experiment's own results file (the smoke's results/smoke.json) is not a study run's to write:
+            # the study writes its table's
+            results_name=None,
             study_run=_identity(study, job),
         )
         options[job.name] = content

@@ -151,6 +151,7 @@ def test_one_sweep_per_stage_with_a_file_per_job(tmp_path):
     assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(names)
     joint = yaml.safe_load((folder / "joint_seed1.yaml").read_text())
     assert joint["seed"] == 1 and joint["resume"] is None and joint["study_run"]["name"] == "joint_seed1"
+    assert joint["results_name"] is None  # never the experiment's committed results file (results/smoke.json)
     assert joint["trainer"]["schedule"] == {"pretrain_steps": 0, "cycle": ["joint"], "ratio": [1]}  # variant wins
     assert joint["trainer"]["max_steps"] == 400
     # A later sweep's group holds only its own jobs.
