@@ -98,6 +98,20 @@ def test_every_study_resolves_at_both_scales(name, scale, tmp_path):
     assert rows and rows <= set(study.paper["rows"])  # each study reproduces at least one row of Table 2
 
 
+def test_every_smoke_study_trains_the_one_shortened_smoke_recipe():
+    shared = tuple(compose_config("study", []).smoke_training)
+    assert "trainer.max_steps=300" in shared
+
+    def own(name):  # the study's training overrides after the paths every study forwards
+        overrides = _config(f"study={name}", "scale=smoke").train_overrides
+        return tuple(item for item in overrides if not item.startswith("paths."))
+
+    for name in STUDIES:
+        assert own(name)[: len(shared)] == shared, name
+    depth = own("ablation_depth")[len(shared) :]
+    assert depth and all(item.startswith("trainer.defocus_depth.") for item in depth)  # its tiny depth models
+
+
 def test_paper_rows_of_the_three_studies_are_the_papers_ablations():
     rows = {
         (name, variant.name): variant.paper_row
@@ -153,7 +167,7 @@ def test_one_sweep_per_stage_with_a_file_per_job(tmp_path):
     assert joint["seed"] == 1 and joint["resume"] is None and joint["study_run"]["name"] == "joint_seed1"
     assert joint["results_name"] is None  # never the experiment's committed results file (results/smoke.json)
     assert joint["trainer"]["schedule"] == {"pretrain_steps": 0, "cycle": ["joint"], "ratio": [1]}  # variant wins
-    assert joint["trainer"]["max_steps"] == 400
+    assert joint["trainer"]["max_steps"] == 300  # the shared smoke_training in configs/study.yaml
     # A later sweep's group holds only its own jobs.
     training_sweep_command(study, study.jobs[:1], "local", [])
     assert [p.stem for p in folder.glob("*.yaml")] == [names[0]]
