@@ -15,16 +15,21 @@ from magicbokeh.inference.batch import LazyDepthModel
 from magicbokeh.inference.classical import ClassicalPipeline
 from magicbokeh.inference.pipeline import MagicBokehPipeline
 from magicbokeh.inference.presets import get_preset
+from magicbokeh.utils.devices import why_unavailable
 
 
 def config_device(name: str) -> torch.device:
-    """``auto``: the accelerator torch sees here (a GPU), else the CPU; any other name as torch reads it."""
+    """``auto``: the accelerator torch sees here (a GPU), else the CPU; any other name as torch reads it, if this
+    machine has that device (ConfigError otherwise)."""
     if name == "auto":
         return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"device must be auto or a torch device (cpu, cuda, cuda:1 …), got {name!r}") from error
+    if (reason := why_unavailable(device)) is not None:
+        raise ConfigError(f"device={name}: {reason} (device=auto takes the accelerator if there is one, else the CPU)")
+    return device
 
 
 @dataclass

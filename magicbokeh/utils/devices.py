@@ -1,4 +1,5 @@
-"""The ``--device`` of benchmark scripts: parsed once, checked, and synchronised around timed regions."""
+"""Devices named by the user: whether one exists here, the ``--device`` of benchmark scripts (parsed once,
+checked) and synchronisation around timed regions."""
 
 from __future__ import annotations
 
@@ -7,18 +8,29 @@ import torch
 from magicbokeh.errors import ParameterError
 
 
+def why_unavailable(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None when it can: torch accepts ``cuda:7`` as a name on a
+    machine without CUDA and fails only at the first tensor moved there, far from the setting that caused it."""
+    if device.type == "cpu":
+        return None
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, torch.mps: each has is_available()
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return f"no {device.type.upper()} device is visible to torch {torch.__version__}"
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        return f"only {count} {device.type.upper()} device(s) here"
+    return None
+
+
 def parse_device(name: str) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:1``, … → a device that exists here (:class:`ParameterError` otherwise)."""
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as error:
         raise ParameterError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from error
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ParameterError(f"--device {name}: no CUDA device is visible to torch {torch.__version__}")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ParameterError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
+    if (reason := why_unavailable(device)) is not None:
+        raise ParameterError(f"--device {name}: {reason}")
+    if device.type not in ("cpu", "cuda"):
         raise ParameterError(f"--device {name}: only cpu and cuda devices are supported by the benchmarks")
     return device
 

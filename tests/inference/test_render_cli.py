@@ -84,6 +84,13 @@ def test_a_failed_run_leaves_no_folder(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["small_mask.png"]
 
 
+def test_a_device_this_machine_lacks_is_a_clear_error_before_any_work(tmp_path):
+    result = _classical(tmp_path, "output=out", "device=cuda:99")  # no machine here has 100 GPUs
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: device=cuda:99: " in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_middlebury_pair_renders_without_weights(tmp_path):
     """README: make_dataset.py middlebury writes a real photo with its disparity; render.py focuses the tank."""
     made = _run("make_dataset.py", "middlebury", "--out", "middlebury", cwd=tmp_path)
