@@ -13,11 +13,10 @@ def why_unavailable(device: torch.device) -> str | None:
     machine without CUDA and fails only at the first tensor moved there, far from the setting that caused it."""
     if device.type == "cpu":
         return None
-    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, torch.mps: each has is_available()
-    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+    accelerator = torch.accelerator.current_accelerator(check_available=True)  # cuda, xpu, mps …, or None
+    if accelerator is None or accelerator.type != device.type:
         return f"no {device.type.upper()} device is visible to torch {torch.__version__}"
-    count = backend.device_count() if hasattr(backend, "device_count") else 1
-    if device.index is not None and device.index >= count:
+    if device.index is not None and device.index >= (count := torch.accelerator.device_count()):
         return f"only {count} {device.type.upper()} device(s) here"
     return None
 
